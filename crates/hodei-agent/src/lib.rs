@@ -1,1 +1,4 @@
-//! placeholder crate root; replaced below
+//! The Hodei worker agent.
+
+pub mod executor;
+pub mod process;

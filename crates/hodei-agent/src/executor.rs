@@ -1,0 +1,64 @@
+//! How the agent runs a job: the executor trait and the data it works on.
+//! The process executor lives in [`crate::process`]; a container executor can
+//! be added beside it without touching the session code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hodei_core::{LogStream, Outcome};
+use tokio::sync::{mpsc, watch};
+
+/// What to run, already resolved by the agent (working directory created).
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub job_id: String,
+    pub attempt: u32,
+    /// argv; executed directly, no shell.
+    pub command: Vec<String>,
+    /// Added on top of the agent's own environment.
+    pub env: BTreeMap<String, String>,
+    pub working_dir: PathBuf,
+    pub timeout: Option<Duration>,
+    /// SIGTERM → SIGKILL grace on cancel or timeout.
+    pub kill_grace: Duration,
+}
+
+/// Bytes read from one of the job's outputs, in order.
+#[derive(Debug, Clone)]
+pub struct OutputChunk {
+    pub stream: LogStream,
+    pub data: Bytes,
+    /// When the agent read the bytes (Unix ms).
+    pub timestamp_ms: i64,
+}
+
+/// Set to `true` to cancel a running job.
+pub type CancelSignal = watch::Receiver<bool>;
+
+/// Runs one job to completion.
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// Runs `spec`, sends every byte of its stdout and stderr to `output` as
+    /// it is produced (each stream in order), and returns how it ended. Called
+    /// once `output` has received every byte. Kills the whole process tree
+    /// (SIGTERM, grace, SIGKILL) when `cancel` turns true or the timeout
+    /// passes. A program that cannot be started is an outcome
+    /// ([`Outcome::SpawnFailed`]) with a message also written to stderr, not
+    /// an error.
+    async fn run(
+        &self,
+        spec: ExecSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancelSignal,
+    ) -> Outcome;
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

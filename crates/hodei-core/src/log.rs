@@ -1,0 +1,88 @@
+//! Log streams and the offset arithmetic that makes resent data idempotent.
+
+use serde::{Deserialize, Serialize};
+
+/// Which output of a process a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub const BOTH: [LogStream; 2] = [LogStream::Stdout, LogStream::Stderr];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            LogStream::Stdout => 0,
+            LogStream::Stderr => 1,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LogStream> {
+        match s {
+            "stdout" => Some(LogStream::Stdout),
+            "stderr" => Some(LogStream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with a chunk `[offset, offset + len)` when `persisted` bytes of
+/// its stream are already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFit {
+    /// Store the chunk from byte `skip` of its data on (0: all of it).
+    Append { skip: usize },
+    /// Everything in it is stored already: a resend.
+    Duplicate,
+    /// It starts past the end: bytes before it are missing.
+    Gap { missing_from: u64 },
+}
+
+/// Deduplicates by offset: resent bytes are dropped, gaps are refused.
+pub fn fit_chunk(persisted: u64, offset: u64, len: usize) -> ChunkFit {
+    let end = offset.saturating_add(len as u64);
+    if offset > persisted {
+        ChunkFit::Gap {
+            missing_from: persisted,
+        }
+    } else if end <= persisted {
+        ChunkFit::Duplicate
+    } else {
+        ChunkFit::Append {
+            skip: (persisted - offset) as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_fit_by_offset() {
+        assert_eq!(fit_chunk(0, 0, 10), ChunkFit::Append { skip: 0 });
+        assert_eq!(fit_chunk(10, 10, 5), ChunkFit::Append { skip: 0 });
+        assert_eq!(fit_chunk(10, 4, 10), ChunkFit::Append { skip: 6 });
+        assert_eq!(fit_chunk(10, 0, 10), ChunkFit::Duplicate);
+        assert_eq!(fit_chunk(10, 2, 3), ChunkFit::Duplicate);
+        assert_eq!(fit_chunk(10, 11, 3), ChunkFit::Gap { missing_from: 10 });
+        assert_eq!(fit_chunk(10, 10, 0), ChunkFit::Duplicate);
+    }
+
+    #[test]
+    fn stream_names_round_trip() {
+        for s in LogStream::BOTH {
+            assert_eq!(LogStream::parse(s.as_str()), Some(s));
+        }
+    }
+}

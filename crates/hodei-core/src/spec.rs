@@ -1,0 +1,316 @@
+//! What a job is: its spec, and the validation every entry point applies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits on user input. Anything larger is refused with a message naming the field.
+pub mod limits {
+    pub const MAX_ID_LEN: usize = 128;
+    pub const MAX_NAME_LEN: usize = 256;
+    pub const MAX_ARGS: usize = 4096;
+    pub const MAX_ARG_LEN: usize = 128 * 1024;
+    pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+    pub const MAX_ENV: usize = 1024;
+    pub const MAX_ENV_BYTES: usize = 1024 * 1024;
+    pub const MAX_LABELS: usize = 64;
+    pub const MAX_LABEL_LEN: usize = 128;
+    pub const MAX_PATH_LEN: usize = 4096;
+    pub const MAX_IMAGE_LEN: usize = 512;
+    pub const MAX_RETRIES: u32 = 100;
+    /// 30 days.
+    pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+}
+
+/// The capability a worker must advertise to run jobs that have an image.
+pub const DOCKER_CAPABILITY: &str = "docker";
+
+/// Default SIGTERM → SIGKILL grace when a job does not set one.
+pub const DEFAULT_KILL_GRACE_MS: u64 = 10_000;
+
+/// Everything a user says about a job. Identity and state live in [`crate::Job`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSpec {
+    /// Human name; defaults to the command's first word.
+    pub name: String,
+    /// argv: executed directly, no shell.
+    pub command: Vec<String>,
+    /// Container image; when set the job needs a worker with `docker`.
+    pub image: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// Working directory on the worker; `None` = a fresh per-job directory.
+    pub working_dir: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// Capabilities the worker must have.
+    pub labels: Vec<String>,
+    /// Higher runs first; FIFO within a priority.
+    pub priority: i32,
+    /// How many times a lost job is run again.
+    pub max_retries: u32,
+    /// SIGTERM → SIGKILL grace on cancel or timeout.
+    pub kill_grace_ms: Option<u64>,
+}
+
+impl JobSpec {
+    /// A spec that runs `argv` with defaults for everything else.
+    pub fn command<I, S>(argv: I) -> JobSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        JobSpec {
+            command: argv.into_iter().map(Into::into).collect(),
+            ..JobSpec::default()
+        }
+    }
+
+    /// Labels a worker must have, including `docker` for image jobs.
+    pub fn required_labels(&self) -> impl Iterator<Item = &str> {
+        let docker = self.image.as_ref().map(|_| DOCKER_CAPABILITY);
+        self.labels.iter().map(String::as_str).chain(docker)
+    }
+
+    pub fn kill_grace_ms(&self) -> u64 {
+        self.kill_grace_ms.unwrap_or(DEFAULT_KILL_GRACE_MS)
+    }
+
+    /// Fills defaults (name from argv[0], sorted unique labels) so that two
+    /// submissions that mean the same thing compare equal.
+    pub fn normalized(mut self) -> JobSpec {
+        if self.name.is_empty()
+            && let Some(first) = self.command.first()
+        {
+            let base = first.rsplit('/').next().unwrap_or(first);
+            self.name = base.chars().take(limits::MAX_NAME_LEN).collect();
+        }
+        self.labels.sort();
+        self.labels.dedup();
+        if self.image.as_deref() == Some("") {
+            self.image = None;
+        }
+        if self.working_dir.as_deref() == Some("") {
+            self.working_dir = None;
+        }
+        self
+    }
+
+    /// Checks every field; the error names the first field that is wrong.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        use limits::*;
+        let bad = |field: &str, msg: String| Err(InvalidInput::new(field, msg));
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return bad("command", "must name a program to run".into());
+        }
+        if self.command.len() > MAX_ARGS {
+            return bad("command", format!("has more than {MAX_ARGS} arguments"));
+        }
+        let mut total = 0;
+        for (i, arg) in self.command.iter().enumerate() {
+            if arg.contains('\0') {
+                return bad("command", format!("argument {i} contains a NUL byte"));
+            }
+            if arg.len() > MAX_ARG_LEN {
+                return bad("command", format!("argument {i} is longer than {MAX_ARG_LEN} bytes"));
+            }
+            total += arg.len();
+        }
+        if total > MAX_COMMAND_BYTES {
+            return bad("command", format!("is longer than {MAX_COMMAND_BYTES} bytes"));
+        }
+        if self.name.len() > MAX_NAME_LEN {
+            return bad("name", format!("is longer than {MAX_NAME_LEN} bytes"));
+        }
+        if let Some(image) = &self.image
+            && (image.len() > MAX_IMAGE_LEN || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return bad("image", "must be an image reference without spaces, at most 512 bytes".into());
+        }
+        if self.env.len() > MAX_ENV {
+            return bad("env", format!("has more than {MAX_ENV} variables"));
+        }
+        let mut env_bytes = 0;
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return bad("env", format!("variable name {k:?} is empty or contains '=' or NUL"));
+            }
+            if v.contains('\0') {
+                return bad("env", format!("value of {k} contains a NUL byte"));
+            }
+            env_bytes += k.len() + v.len();
+        }
+        if env_bytes > MAX_ENV_BYTES {
+            return bad("env", format!("is larger than {MAX_ENV_BYTES} bytes"));
+        }
+        if let Some(dir) = &self.working_dir
+            && (dir.len() > MAX_PATH_LEN || dir.contains('\0'))
+        {
+            return bad("working_dir", format!("must be a path of at most {MAX_PATH_LEN} bytes without NUL"));
+        }
+        if let Some(t) = self.timeout_ms
+            && (t == 0 || t > MAX_TIMEOUT_MS)
+        {
+            return bad("timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}"));
+        }
+        if let Some(g) = self.kill_grace_ms
+            && g > MAX_TIMEOUT_MS
+        {
+            return bad("kill_grace_ms", format!("must be at most {MAX_TIMEOUT_MS}"));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return bad("labels", format!("has more than {MAX_LABELS} labels"));
+        }
+        for label in &self.labels {
+            validate_label(label).map_err(|msg| InvalidInput::new("labels", msg))?;
+        }
+        if self.max_retries > MAX_RETRIES {
+            return bad("max_retries", format!("must be at most {MAX_RETRIES}"));
+        }
+        Ok(())
+    }
+}
+
+/// A label is a short token of letters, digits and `._-:/=`.
+pub fn validate_label(label: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._-:/=".contains(c);
+    if label.is_empty() || label.len() > limits::MAX_LABEL_LEN || !label.chars().all(ok) {
+        return Err(format!(
+            "label {:?} must be 1 to {} characters of letters, digits and ._-:/=",
+            label.chars().take(40).collect::<String>(),
+            limits::MAX_LABEL_LEN
+        ));
+    }
+    Ok(())
+}
+
+/// A job id: 1 to 128 characters of letters, digits, `.`, `_` and `-`.
+pub fn validate_job_id(id: &str) -> Result<(), InvalidInput> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if id.is_empty() {
+        return Err(InvalidInput::new("job_id", "must not be empty"));
+    }
+    if id.len() > limits::MAX_ID_LEN {
+        return Err(InvalidInput::new(
+            "job_id",
+            format!("is {} bytes long; the limit is {}", id.len(), limits::MAX_ID_LEN),
+        ));
+    }
+    if !id.chars().all(ok) {
+        return Err(InvalidInput::new(
+            "job_id",
+            "may contain only letters, digits, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// A worker id follows the job id rules.
+pub fn validate_worker_id(id: &str) -> Result<(), InvalidInput> {
+    validate_job_id(id).map_err(|e| InvalidInput::new("worker_id", e.message))
+}
+
+/// Input that breaks a rule; `field` names what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct InvalidInput {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: &str, message: impl Into<String>) -> InvalidInput {
+        InvalidInput {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_command_is_refused_naming_the_field() {
+        let err = JobSpec::default().validate().unwrap_err();
+        assert_eq!(err.field, "command");
+        let err = JobSpec::command([""]).validate().unwrap_err();
+        assert_eq!(err.field, "command");
+    }
+
+    #[test]
+    fn job_ids_are_checked() {
+        assert!(validate_job_id("build-42.x_y").is_ok());
+        assert_eq!(validate_job_id("").unwrap_err().field, "job_id");
+        assert!(validate_job_id("a b").is_err());
+        assert!(validate_job_id("../etc").is_err());
+        let long = "x".repeat(10 * 1024);
+        assert!(validate_job_id(&long).unwrap_err().message.contains("10240"));
+    }
+
+    #[test]
+    fn normalization_makes_equivalent_specs_equal() {
+        let a = JobSpec {
+            labels: vec!["b".into(), "a".into(), "b".into()],
+            image: Some(String::new()),
+            ..JobSpec::command(["/usr/bin/make", "all"])
+        }
+        .normalized();
+        let b = JobSpec {
+            name: "make".into(),
+            labels: vec!["a".into(), "b".into()],
+            ..JobSpec::command(["/usr/bin/make", "all"])
+        }
+        .normalized();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn image_jobs_require_docker() {
+        let spec = JobSpec {
+            image: Some("rust:1.70".into()),
+            labels: vec!["linux".into()],
+            ..JobSpec::command(["cargo", "build"])
+        };
+        let req: Vec<_> = spec.required_labels().collect();
+        assert_eq!(req, vec!["linux", "docker"]);
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let cases: Vec<(JobSpec, &str)> = vec![
+            (
+                JobSpec {
+                    env: [("A=B".to_string(), "x".to_string())].into(),
+                    ..JobSpec::command(["true"])
+                },
+                "env",
+            ),
+            (
+                JobSpec {
+                    timeout_ms: Some(0),
+                    ..JobSpec::command(["true"])
+                },
+                "timeout_ms",
+            ),
+            (
+                JobSpec {
+                    labels: vec!["has space".into()],
+                    ..JobSpec::command(["true"])
+                },
+                "labels",
+            ),
+            (
+                JobSpec {
+                    max_retries: 1000,
+                    ..JobSpec::command(["true"])
+                },
+                "max_retries",
+            ),
+            (JobSpec::command(["a\0b"]), "command"),
+        ];
+        for (spec, field) in cases {
+            assert_eq!(spec.validate().unwrap_err().field, field);
+        }
+    }
+}
