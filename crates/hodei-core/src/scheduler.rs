@@ -1,0 +1,175 @@
+//! Placement: which queued job goes to which worker. Pure functions over
+//! plain data, so every rule is unit-tested without a runtime.
+//!
+//! Rules: higher priority first, then submission order (FIFO); a job goes only
+//! to a worker whose labels include all it requires (`docker` for image jobs);
+//! no worker gets more jobs than its free slots; a draining worker gets none.
+//! A job that fits no worker does not block the jobs behind it. Among the
+//! workers that fit, the one with the most free slots wins (spreads load),
+//! ties broken by worker id so decisions are reproducible.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The key that orders the queue: priority descending, then FIFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueKey {
+    pub priority: Reverse<i32>,
+    pub seq: u64,
+}
+
+impl QueueKey {
+    pub fn new(priority: i32, seq: u64) -> QueueKey {
+        QueueKey {
+            priority: Reverse(priority),
+            seq,
+        }
+    }
+}
+
+/// What the scheduler needs to know about a queued job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: String,
+    /// Labels the worker must have (including `docker` for image jobs).
+    pub requires: Vec<String>,
+}
+
+/// What the scheduler needs to know about a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    pub id: String,
+    pub labels: BTreeSet<String>,
+    pub free_slots: u32,
+    pub draining: bool,
+}
+
+/// One decision: run `job` on `worker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub job: String,
+    pub worker: String,
+}
+
+/// Places as many queued jobs as the workers' free slots allow.
+///
+/// `queue` is walked in key order. The walk stops as soon as no worker has a
+/// free slot, so a long backlog costs nothing while the fleet is busy.
+pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> Vec<Placement> {
+    let mut free: Vec<(usize, u32)> = workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !w.draining && w.free_slots > 0)
+        .map(|(i, w)| (i, w.free_slots))
+        .collect();
+    let mut out = Vec::new();
+    for job in queue.values() {
+        if free.is_empty() {
+            break;
+        }
+        let fits = |i: usize| job.requires.iter().all(|l| workers[i].labels.contains(l));
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, (i, _))| fits(*i))
+            .max_by(|(_, (ia, sa)), (_, (ib, sb))| {
+                sa.cmp(sb).then_with(|| workers[*ib].id.cmp(&workers[*ia].id))
+            })
+            .map(|(pos, _)| pos);
+        let Some(pos) = best else { continue };
+        let (wi, slots) = &mut free[pos];
+        out.push(Placement {
+            job: job.id.clone(),
+            worker: workers[*wi].id.clone(),
+        });
+        *slots -= 1;
+        if *slots == 0 {
+            free.swap_remove(pos);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str, labels: &[&str], free: u32) -> WorkerView {
+        WorkerView {
+            id: id.into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            free_slots: free,
+            draining: false,
+        }
+    }
+
+    fn queue(jobs: &[(&str, i32, u64, &[&str])]) -> BTreeMap<QueueKey, QueuedJob> {
+        jobs.iter()
+            .map(|(id, prio, seq, req)| {
+                (
+                    QueueKey::new(*prio, *seq),
+                    QueuedJob {
+                        id: id.to_string(),
+                        requires: req.iter().map(|s| s.to_string()).collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn pairs(p: &[Placement]) -> Vec<(&str, &str)> {
+        p.iter().map(|p| (p.job.as_str(), p.worker.as_str())).collect()
+    }
+
+    #[test]
+    fn priority_then_fifo() {
+        let q = queue(&[("low", 0, 1, &[]), ("high", 5, 3, &[]), ("low2", 0, 2, &[])]);
+        let p = place(&q, &[worker("w", &[], 2)]);
+        assert_eq!(pairs(&p), vec![("high", "w"), ("low", "w")]);
+    }
+
+    #[test]
+    fn labels_must_all_match() {
+        let q = queue(&[("gpu", 0, 1, &["gpu"]), ("any", 0, 2, &[]), ("both", 0, 3, &["gpu", "linux"])]);
+        let ws = [worker("cpu", &["linux"], 5), worker("g", &["gpu", "linux"], 5)];
+        let p = place(&q, &ws);
+        assert_eq!(pairs(&p), vec![("gpu", "g"), ("any", "cpu"), ("both", "g")]);
+    }
+
+    #[test]
+    fn unplaceable_job_does_not_block_the_queue() {
+        let q = queue(&[("docker", 9, 1, &["docker"]), ("plain", 0, 2, &[])]);
+        let p = place(&q, &[worker("w", &[], 1)]);
+        assert_eq!(pairs(&p), vec![("plain", "w")]);
+    }
+
+    #[test]
+    fn slots_are_respected() {
+        let q = queue(&[("a", 0, 1, &[]), ("b", 0, 2, &[]), ("c", 0, 3, &[])]);
+        let p = place(&q, &[worker("w", &[], 2)]);
+        assert_eq!(p.len(), 2);
+        assert!(place(&q, &[worker("w", &[], 0)]).is_empty());
+    }
+
+    #[test]
+    fn draining_workers_get_nothing() {
+        let q = queue(&[("a", 0, 1, &[])]);
+        let mut w = worker("w", &[], 4);
+        w.draining = true;
+        assert!(place(&q, &[w]).is_empty());
+    }
+
+    #[test]
+    fn load_is_spread_to_the_freest_worker() {
+        let q = queue(&[("a", 0, 1, &[]), ("b", 0, 2, &[]), ("c", 0, 3, &[])]);
+        let p = place(&q, &[worker("w1", &[], 1), worker("w2", &[], 3)]);
+        assert_eq!(pairs(&p), vec![("a", "w2"), ("b", "w2"), ("c", "w1")]);
+    }
+
+    #[test]
+    fn ties_go_to_the_smallest_worker_id() {
+        let q = queue(&[("a", 0, 1, &[])]);
+        let p = place(&q, &[worker("wb", &[], 2), worker("wa", &[], 2)]);
+        assert_eq!(pairs(&p), vec![("a", "wa")]);
+    }
+}

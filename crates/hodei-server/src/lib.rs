@@ -1,1 +1,3 @@
-//! placeholder crate root; replaced below
+//! The Hodei orchestrator.
+
+pub mod store;

@@ -1,0 +1,297 @@
+//! Engine inputs about jobs: submit, cancel, progress, logs and results.
+
+use bytes::Bytes;
+
+use super::{
+    Engine, EngineError, LiveJob, LogWrite, Notice, Output, Reply, RequestId, SessionId, ToAgent,
+};
+use crate::job::{Job, JobEvent, JobState, Millis, Outcome, TransitionError, transition};
+use crate::log::{ChunkFit, LogStream, fit_chunk};
+use crate::spec::{JobSpec, validate_job_id};
+
+impl Engine {
+    /// Applies `event` to a live job and records everything that follows
+    /// from its new state: the store write, the notice, the queue, the
+    /// worker's slots. Returns the job's new state.
+    pub(super) fn apply(
+        &mut self,
+        job_id: &str,
+        event: JobEvent,
+        now: Millis,
+        out: &mut Output,
+    ) -> Result<JobState, TransitionError> {
+        let Some(live) = self.jobs.get_mut(job_id) else {
+            return Err(TransitionError::Illegal {
+                state: JobState::Lost,
+                event: "report",
+            });
+        };
+        let before = live.job.clone();
+        let after = transition(&before, &event, now)?;
+        if after.attempt != before.attempt {
+            live.persisted = [0, 0];
+        }
+        live.job = after.clone();
+        let state = after.state;
+        // Queue bookkeeping.
+        if before.state == JobState::Queued && state != JobState::Queued {
+            self.dequeue(&before);
+        }
+        if state == JobState::Queued && before.state != JobState::Queued {
+            self.enqueue(&after);
+        }
+        // Worker bookkeeping: the worker holds the job while assigned/running.
+        let holds = |s: JobState| matches!(s, JobState::Assigned | JobState::Running);
+        if holds(before.state)
+            && !holds(state)
+            && let Some(w) = before.worker.as_ref().and_then(|w| self.workers.get_mut(w))
+        {
+            w.jobs.remove(job_id);
+        }
+        if state.is_terminal() {
+            self.finished.push(job_id.to_string());
+        }
+        if state != before.state {
+            out.notices.push(Notice::JobChanged {
+                job_id: job_id.to_string(),
+                state,
+            });
+        }
+        out.writes.jobs.insert(job_id.to_string(), after);
+        Ok(state)
+    }
+
+    pub(super) fn submit(
+        &mut self,
+        req: RequestId,
+        id: String,
+        spec: JobSpec,
+        existing: Option<Job>,
+        now: Millis,
+        out: &mut Output,
+    ) {
+        let spec = spec.normalized();
+        if let Err(e) = validate_job_id(&id).and_then(|()| spec.validate()) {
+            out.replies.push((req, Reply::Error(e.into())));
+            return;
+        }
+        let known = self.jobs.get(&id).map(|l| &l.job).or(existing.as_ref());
+        if let Some(job) = known {
+            let reply = if job.spec == spec {
+                Reply::Submitted {
+                    job: Box::new(job.clone()),
+                    created: false,
+                }
+            } else {
+                Reply::Error(EngineError::AlreadyExists(id))
+            };
+            out.replies.push((req, reply));
+            return;
+        }
+        let job = Job::new(id.clone(), spec, self.next_seq, now);
+        self.next_seq += 1;
+        self.enqueue(&job);
+        out.writes.jobs.insert(id.clone(), job.clone());
+        out.notices.push(Notice::JobChanged {
+            job_id: id.clone(),
+            state: JobState::Queued,
+        });
+        out.replies.push((
+            req,
+            Reply::Submitted {
+                job: Box::new(job.clone()),
+                created: true,
+            },
+        ));
+        self.jobs.insert(
+            id,
+            LiveJob {
+                job,
+                persisted: [0, 0],
+            },
+        );
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        req: RequestId,
+        id: String,
+        reason: String,
+        existing: Option<Job>,
+        now: Millis,
+        out: &mut Output,
+    ) {
+        if !self.jobs.contains_key(&id) {
+            let reply = match existing {
+                // Already finished: cancelling is a no-op that shows the outcome.
+                Some(job) => Reply::Cancelled { job: Box::new(job) },
+                None => Reply::Error(EngineError::NotFound(id)),
+            };
+            out.replies.push((req, reply));
+            return;
+        }
+        let already = self.jobs.get(&id).is_some_and(|l| l.job.cancel_requested);
+        if !already {
+            let event = JobEvent::CancelRequested {
+                reason: reason.clone(),
+            };
+            if let Err(e) = self.apply(&id, event, now, out) {
+                out.replies
+                    .push((req, Reply::Error(EngineError::FailedPrecondition(e.to_string()))));
+                return;
+            }
+        }
+        let Some(job) = self.jobs.get(&id).map(|l| l.job.clone()) else {
+            return;
+        };
+        if matches!(job.state, JobState::Assigned | JobState::Running)
+            && let Some(session) = self.session_of(job.worker.as_deref())
+        {
+            out.messages.push((
+                session,
+                ToAgent::Cancel {
+                    job_id: id.clone(),
+                    attempt: job.attempt,
+                    reason,
+                },
+            ));
+        }
+        out.replies.push((req, Reply::Cancelled { job: Box::new(job) }));
+    }
+
+    /// Whether `session` belongs to the worker holding `job_id`'s `attempt`.
+    /// A report that fails this check is stale (an old attempt, another
+    /// worker, or a finished job) and must not change the job.
+    fn owns(&self, session: SessionId, job_id: &str, attempt: u32) -> bool {
+        let Some(live) = self.jobs.get(job_id) else {
+            return false;
+        };
+        let holds = matches!(live.job.state, JobState::Assigned | JobState::Running);
+        holds
+            && live.job.attempt == attempt
+            && self.sessions.get(&session) == live.job.worker.as_ref()
+    }
+
+    /// Tells an agent to stop an attempt that is no longer its to run.
+    fn fence(&self, session: SessionId, job_id: String, attempt: u32, out: &mut Output) {
+        out.messages.push((
+            session,
+            ToAgent::Cancel {
+                job_id,
+                attempt,
+                reason: "attempt is no longer current".into(),
+            },
+        ));
+    }
+
+    pub(super) fn started(
+        &mut self,
+        session: SessionId,
+        job_id: String,
+        attempt: u32,
+        now: Millis,
+        out: &mut Output,
+    ) {
+        self.touch(session, now);
+        if !self.owns(session, &job_id, attempt) {
+            return self.fence(session, job_id, attempt, out);
+        }
+        if self.jobs.get(&job_id).map(|l| l.job.state) == Some(JobState::Assigned) {
+            let _ = self.apply(&job_id, JobEvent::Started { attempt }, now, out);
+        }
+    }
+
+    pub(super) fn rejected(
+        &mut self,
+        session: SessionId,
+        job_id: String,
+        attempt: u32,
+        reason: String,
+        now: Millis,
+        out: &mut Output,
+    ) {
+        self.touch(session, now);
+        if self.owns(session, &job_id, attempt) {
+            let _ = self.apply(&job_id, JobEvent::Rejected { attempt, reason }, now, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log(
+        &mut self,
+        session: Option<SessionId>,
+        req: Option<RequestId>,
+        job_id: String,
+        attempt: u32,
+        stream: LogStream,
+        offset: Option<u64>,
+        data: Bytes,
+        timestamp_ms: Millis,
+        out: &mut Output,
+    ) {
+        let reply = |out: &mut Output, r: Reply| {
+            if let Some(req) = req {
+                out.replies.push((req, r));
+            }
+        };
+        if let Some(session) = session {
+            if !self.owns(session, &job_id, attempt) {
+                // A stale attempt's bytes are dropped; its process is told to stop.
+                return self.fence(session, job_id, attempt, out);
+            }
+            self.pending_acks.insert((session, job_id.clone()));
+        }
+        let Some(live) = self.jobs.get_mut(&job_id) else {
+            reply(out, Reply::Error(EngineError::NotFound(job_id)));
+            return;
+        };
+        let attempt = if session.is_some() { attempt } else { live.job.attempt };
+        let persisted = live.persisted[stream.index()];
+        let skip = match fit_chunk(persisted, offset.unwrap_or(persisted), data.len()) {
+            ChunkFit::Append { skip } => skip,
+            ChunkFit::Duplicate => {
+                reply(out, Reply::LogAppended);
+                return;
+            }
+            ChunkFit::Gap { .. } => {
+                // Bytes before this chunk are missing. Nothing is stored; the
+                // acknowledgement at the end of the batch tells the agent
+                // where to resend from.
+                reply(out, Reply::LogAppended);
+                return;
+            }
+        };
+        let data = data.slice(skip..);
+        live.persisted[stream.index()] = persisted + data.len() as u64;
+        out.writes.logs.push(LogWrite {
+            job_id: job_id.clone(),
+            attempt,
+            stream,
+            offset: persisted,
+            data,
+            timestamp_ms,
+        });
+        out.notices.push(Notice::LogAppended { job_id });
+        reply(out, Reply::LogAppended);
+    }
+
+    pub(super) fn result(
+        &mut self,
+        session: SessionId,
+        job_id: String,
+        attempt: u32,
+        outcome: Outcome,
+        now: Millis,
+        out: &mut Output,
+    ) {
+        self.touch(session, now);
+        if self.owns(session, &job_id, attempt) {
+            // Logs come before the result on the same stream, so the ack of
+            // the result also covers them.
+            let _ = self.apply(&job_id, JobEvent::Finished { attempt, outcome }, now, out);
+        }
+        // Recorded now or earlier, or stale: either way the agent may forget it.
+        out.messages
+            .push((session, ToAgent::ResultAck { job_id, attempt }));
+    }
+}

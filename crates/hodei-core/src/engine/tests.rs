@@ -1,0 +1,479 @@
+use super::*;
+
+const GRACE: u64 = 30_000;
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig {
+        heartbeat_interval_ms: 5_000,
+        lease_grace_ms: GRACE,
+    })
+}
+
+/// Runs one batch of inputs at `now` and returns its output.
+fn batch(e: &mut Engine, now: Millis, inputs: Vec<Input>) -> Output {
+    let mut out = Output::default();
+    for i in inputs {
+        e.handle(i, now, &mut out);
+    }
+    e.end_batch(now, &mut out);
+    out
+}
+
+fn submit(req: RequestId, id: &str, spec: JobSpec) -> Input {
+    Input::Submit {
+        req,
+        id: id.into(),
+        spec,
+        existing: None,
+    }
+}
+
+fn attach(session: SessionId, worker: &str, labels: &[&str], slots: u32) -> Input {
+    Input::Attach {
+        session,
+        worker_id: worker.into(),
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        slots,
+        running: vec![],
+    }
+}
+
+fn assigned(out: &Output) -> Vec<(SessionId, String, u32)> {
+    out.messages
+        .iter()
+        .filter_map(|(s, m)| match m {
+            ToAgent::Assign { job, .. } => Some((*s, job.id.clone(), job.attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn log(session: SessionId, job: &str, attempt: u32, offset: u64, data: &'static [u8]) -> Input {
+    Input::Log {
+        session: Some(session),
+        req: None,
+        job_id: job.into(),
+        attempt,
+        stream: LogStream::Stdout,
+        offset: Some(offset),
+        data: Bytes::from_static(data),
+        timestamp_ms: 0,
+    }
+}
+
+fn result(session: SessionId, job: &str, attempt: u32, code: i32) -> Input {
+    Input::Result {
+        session,
+        job_id: job.into(),
+        attempt,
+        outcome: Outcome::Exited { code },
+    }
+}
+
+#[test]
+fn submitted_job_is_stored_then_pushed_to_a_free_worker() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "w", &[], 1)]);
+    let out = batch(&mut e, 1, vec![submit(7, "j", JobSpec::command(["true"]))]);
+    assert_eq!(out.writes.jobs["j"].state, JobState::Assigned);
+    assert_eq!(assigned(&out), vec![(1, "j".to_string(), 1)]);
+    assert!(matches!(&out.replies[..], [(7, Reply::Submitted { created: true, .. })]));
+}
+
+#[test]
+fn submit_is_idempotent_on_id_and_spec() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![submit(1, "j", JobSpec::command(["true"]))]);
+    let out = batch(
+        &mut e,
+        1,
+        vec![
+            submit(2, "j", JobSpec::command(["true"])),
+            submit(3, "j", JobSpec::command(["false"])),
+        ],
+    );
+    assert!(out.writes.jobs.is_empty(), "nothing new to write");
+    assert!(matches!(out.replies[0], (2, Reply::Submitted { created: false, .. })));
+    assert_eq!(
+        out.replies[1],
+        (3, Reply::Error(EngineError::AlreadyExists("j".into())))
+    );
+    // A finished job known only to the store counts too.
+    let mut stored = Job::new("old".into(), JobSpec::command(["true"]).normalized(), 1, 0);
+    stored.state = JobState::Succeeded;
+    let out = batch(
+        &mut e,
+        2,
+        vec![Input::Submit {
+            req: 4,
+            id: "old".into(),
+            spec: JobSpec::command(["true"]),
+            existing: Some(stored),
+        }],
+    );
+    assert!(matches!(out.replies[0], (4, Reply::Submitted { created: false, .. })));
+}
+
+#[test]
+fn invalid_submissions_name_the_field() {
+    let mut e = engine();
+    let out = batch(
+        &mut e,
+        0,
+        vec![
+            submit(1, "j", JobSpec::default()),
+            submit(2, &"x".repeat(10_000), JobSpec::command(["true"])),
+        ],
+    );
+    let fields: Vec<_> = out
+        .replies
+        .iter()
+        .map(|(_, r)| match r {
+            Reply::Error(EngineError::Invalid(i)) => i.field.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(fields, vec!["command", "job_id"]);
+    assert!(out.writes.jobs.is_empty());
+}
+
+#[test]
+fn slots_limit_concurrency_and_a_result_frees_one() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "w", &[], 2)]);
+    let out = batch(
+        &mut e,
+        1,
+        (0..5)
+            .map(|i| submit(i, &format!("j{i}"), JobSpec::command(["true"])))
+            .collect(),
+    );
+    let first = assigned(&out);
+    assert_eq!(first.len(), 2);
+    let out = batch(
+        &mut e,
+        2,
+        vec![
+            Input::Started {
+                session: 1,
+                job_id: "j0".into(),
+                attempt: 1,
+            },
+            result(1, "j0", 1, 0),
+        ],
+    );
+    assert_eq!(out.writes.jobs["j0"].state, JobState::Succeeded);
+    assert_eq!(assigned(&out), vec![(1, "j2".to_string(), 1)]);
+    assert!(out
+        .messages
+        .contains(&(1, ToAgent::ResultAck { job_id: "j0".into(), attempt: 1 })));
+    assert!(e.live_job("j0").is_none(), "finished jobs leave memory");
+}
+
+#[test]
+fn labels_route_jobs() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "a", &["red"], 4), attach(2, "b", &["blue"], 4)]);
+    let spec = |l: &str| JobSpec {
+        labels: vec![l.into()],
+        ..JobSpec::command(["true"])
+    };
+    let out = batch(
+        &mut e,
+        1,
+        vec![submit(1, "r", spec("red")), submit(2, "b", spec("blue")), submit(3, "g", spec("green"))],
+    );
+    let mut got = assigned(&out);
+    got.sort();
+    assert_eq!(got, vec![(1, "r".to_string(), 1), (2, "b".to_string(), 1)]);
+    assert_eq!(e.queue_len(), 1);
+}
+
+#[test]
+fn logs_are_deduplicated_by_offset_and_acknowledged_after_the_batch() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "w", &[], 1), submit(1, "j", JobSpec::command(["x"]))]);
+    let out = batch(
+        &mut e,
+        1,
+        vec![
+            log(1, "j", 1, 0, b"hello "),
+            log(1, "j", 1, 0, b"hello "),
+            log(1, "j", 1, 3, b"lo world"),
+            log(1, "j", 1, 50, b"gap"),
+        ],
+    );
+    let stored: Vec<(u64, &[u8])> = out.writes.logs.iter().map(|l| (l.offset, &l.data[..])).collect();
+    assert_eq!(stored, vec![(0, &b"hello "[..]), (6, &b"world"[..])]);
+    let acks: Vec<_> = out
+        .messages
+        .iter()
+        .filter(|(_, m)| matches!(m, ToAgent::LogAck { .. }))
+        .collect();
+    assert_eq!(
+        acks,
+        vec![&(
+            1,
+            ToAgent::LogAck {
+                job_id: "j".into(),
+                attempt: 1,
+                offsets: [11, 0]
+            }
+        )]
+    );
+}
+
+#[test]
+fn reports_from_a_stale_attempt_or_another_worker_change_nothing() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "w1", &[], 1), submit(1, "j", JobSpec::command(["x"]))]);
+    batch(&mut e, 0, vec![attach(2, "w2", &[], 1)]);
+    let out = batch(&mut e, 1, vec![result(2, "j", 1, 0), log(1, "j", 7, 0, b"x"), result(1, "j", 0, 0)]);
+    assert!(out.writes.jobs.is_empty());
+    assert!(out.writes.logs.is_empty());
+    assert_eq!(e.live_job("j").map(|j| j.state), Some(JobState::Assigned));
+    // The stale log's sender is told to stop that attempt.
+    assert!(out.messages.iter().any(|(s, m)| *s == 1
+        && matches!(m, ToAgent::Cancel { attempt: 7, .. })));
+}
+
+#[test]
+fn cancel_ends_a_queued_job_and_asks_the_agent_to_kill_a_running_one() {
+    let mut e = engine();
+    let out = batch(
+        &mut e,
+        0,
+        vec![
+            submit(1, "q", JobSpec::command(["x"])),
+            Input::Cancel {
+                req: 2,
+                id: "q".into(),
+                reason: "user".into(),
+                existing: None,
+            },
+        ],
+    );
+    assert_eq!(out.writes.jobs["q"].state, JobState::Cancelled);
+    assert_eq!(e.queue_len(), 0);
+
+    batch(&mut e, 1, vec![attach(1, "w", &[], 1), submit(3, "r", JobSpec::command(["x"]))]);
+    let out = batch(
+        &mut e,
+        2,
+        vec![Input::Cancel {
+            req: 4,
+            id: "r".into(),
+            reason: "user".into(),
+            existing: None,
+        }],
+    );
+    assert!(out.messages.iter().any(|(s, m)| *s == 1
+        && matches!(m, ToAgent::Cancel { attempt: 1, .. })));
+    assert!(out.writes.jobs["r"].cancel_requested);
+    let out = batch(
+        &mut e,
+        3,
+        vec![Input::Result {
+            session: 1,
+            job_id: "r".into(),
+            attempt: 1,
+            outcome: Outcome::Cancelled,
+        }],
+    );
+    assert_eq!(out.writes.jobs["r"].state, JobState::Cancelled);
+
+    let out = batch(
+        &mut e,
+        4,
+        vec![Input::Cancel {
+            req: 5,
+            id: "nope".into(),
+            reason: "user".into(),
+            existing: None,
+        }],
+    );
+    assert_eq!(out.replies[0], (5, Reply::Error(EngineError::NotFound("nope".into()))));
+}
+
+#[test]
+fn a_silent_worker_loses_its_jobs_after_the_grace_and_retries_requeue() {
+    let mut e = engine();
+    let retry = JobSpec {
+        max_retries: 1,
+        ..JobSpec::command(["x"])
+    };
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 2),
+            submit(1, "once", JobSpec::command(["x"])),
+            submit(2, "retry", retry),
+        ],
+    );
+    let out = batch(&mut e, GRACE as i64, vec![Input::Tick]);
+    assert!(out.writes.jobs.is_empty(), "not before the grace has passed");
+    let out = batch(&mut e, GRACE as i64 + 1, vec![Input::Tick]);
+    assert_eq!(out.writes.jobs["once"].state, JobState::Lost);
+    assert!(out.writes.jobs["once"].reason.as_deref().unwrap_or("").contains("silent"));
+    assert_eq!(out.writes.jobs["retry"].state, JobState::Queued);
+    assert_eq!(out.close_sessions, vec![1]);
+    // A new worker picks up the retry as attempt 2.
+    let out = batch(&mut e, GRACE as i64 + 2, vec![attach(2, "w2", &[], 1)]);
+    assert_eq!(assigned(&out), vec![(2, "retry".to_string(), 2)]);
+}
+
+#[test]
+fn an_agent_back_within_the_grace_keeps_its_job() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "w", &[], 1), submit(1, "j", JobSpec::command(["x"]))]);
+    batch(
+        &mut e,
+        1,
+        vec![Input::Started {
+            session: 1,
+            job_id: "j".into(),
+            attempt: 1,
+        }],
+    );
+    batch(&mut e, 2, vec![Input::Detach { session: 1 }]);
+    let out = batch(
+        &mut e,
+        10_000,
+        vec![
+            Input::Attach {
+                session: 2,
+                worker_id: "w".into(),
+                labels: vec![],
+                slots: 1,
+                running: vec![AttemptRef {
+                    job_id: "j".into(),
+                    attempt: 1,
+                }],
+            },
+            Input::Tick,
+        ],
+    );
+    assert!(out.writes.jobs.is_empty());
+    let out = batch(&mut e, 10_001, vec![log(2, "j", 1, 0, b"still here"), result(2, "j", 1, 0)]);
+    assert_eq!(out.writes.jobs["j"].state, JobState::Succeeded);
+    assert_eq!(out.writes.logs.len(), 1);
+}
+
+#[test]
+fn an_agent_back_without_its_jobs_requeues_unstarted_and_loses_started_ones() {
+    let mut e = engine();
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 2),
+            submit(1, "started", JobSpec::command(["x"])),
+            submit(2, "unstarted", JobSpec::command(["x"])),
+        ],
+    );
+    batch(
+        &mut e,
+        1,
+        vec![Input::Started {
+            session: 1,
+            job_id: "started".into(),
+            attempt: 1,
+        }],
+    );
+    let out = batch(
+        &mut e,
+        2,
+        vec![Input::Attach {
+            session: 2,
+            worker_id: "w".into(),
+            labels: vec![],
+            slots: 2,
+            running: vec![AttemptRef {
+                job_id: "ghost".into(),
+                attempt: 3,
+            }],
+        }],
+    );
+    assert_eq!(out.writes.jobs["started"].state, JobState::Lost);
+    // The unstarted job was requeued and, the slot being free, assigned again.
+    assert_eq!(out.writes.jobs["unstarted"].attempt, 2);
+    assert_eq!(out.close_sessions, vec![1]);
+    assert!(out.messages.iter().any(|(s, m)| *s == 2
+        && matches!(m, ToAgent::Cancel { job_id, .. } if job_id == "ghost")));
+}
+
+#[test]
+fn recovery_restores_queue_and_running_jobs() {
+    let mut queued = Job::new("q".into(), JobSpec::command(["x"]).normalized(), 5, 0);
+    queued.state = JobState::Queued;
+    let mut running = Job::new("r".into(), JobSpec::command(["x"]).normalized(), 4, 0);
+    running.state = JobState::Running;
+    running.attempt = 1;
+    running.worker = Some("w".into());
+    let ends = HashMap::from([(("r".to_string(), 1), [5, 2])]);
+    let mut e = Engine::recover(EngineConfig::default(), vec![queued, running], &ends, vec![], 5, 100);
+    assert_eq!(e.queue_len(), 1);
+    // The agent comes back with the running job; its next log continues at 5.
+    let out = batch(
+        &mut e,
+        200,
+        vec![
+            Input::Attach {
+                session: 9,
+                worker_id: "w".into(),
+                labels: vec![],
+                slots: 2,
+                running: vec![AttemptRef {
+                    job_id: "r".into(),
+                    attempt: 1,
+                }],
+            },
+            log(9, "r", 1, 0, b"hello world"),
+        ],
+    );
+    assert_eq!(assigned(&out), vec![(9, "q".to_string(), 1)]);
+    assert_eq!(out.writes.logs[0].offset, 5);
+    assert_eq!(&out.writes.logs[0].data[..], b" world");
+    // New submissions continue the sequence.
+    let out = batch(&mut e, 300, vec![submit(1, "n", JobSpec::command(["x"]))]);
+    assert_eq!(out.writes.jobs["n"].seq, 6);
+}
+
+#[test]
+fn seed_logs_append_at_the_end_and_unknown_jobs_are_not_found() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![submit(1, "j", JobSpec::command(["x"]))]);
+    let seed = |req, job: &str, data: &'static [u8]| Input::Log {
+        session: None,
+        req: Some(req),
+        job_id: job.into(),
+        attempt: 0,
+        stream: LogStream::Stdout,
+        offset: None,
+        data: Bytes::from_static(data),
+        timestamp_ms: 0,
+    };
+    let out = batch(&mut e, 1, vec![seed(2, "j", b"ab"), seed(3, "j", b"cd"), seed(4, "x", b"z")]);
+    let offsets: Vec<u64> = out.writes.logs.iter().map(|l| l.offset).collect();
+    assert_eq!(offsets, vec![0, 2]);
+    assert_eq!(out.replies[2], (4, Reply::Error(EngineError::NotFound("x".into()))));
+}
+
+#[test]
+fn workers_report_their_state() {
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach(1, "w", &["linux"], 1)]);
+    let mut out = batch(&mut e, 0, vec![Input::ListWorkers { req: 1 }]);
+    let Some((_, Reply::Workers(list))) = out.replies.pop() else {
+        panic!("no reply")
+    };
+    assert_eq!(list[0].state, "ready");
+    batch(&mut e, 1, vec![submit(2, "j", JobSpec::command(["x"]))]);
+    batch(&mut e, 1, vec![Input::Drain { session: 1 }]);
+    let mut out = batch(&mut e, 2, vec![Input::ListWorkers { req: 3 }]);
+    let Some((_, Reply::Workers(list))) = out.replies.pop() else {
+        panic!("no reply")
+    };
+    assert_eq!((list[0].state.as_str(), list[0].running.len()), ("draining", 1));
+}
