@@ -1,0 +1,388 @@
+//! The local process executor: runs a job as a process tree on this machine.
+//!
+//! # Starting
+//!
+//! `command` is executed directly, without a shell: `command[0]` is looked up
+//! in `PATH` the way `execvp(3)` does it (the job's `PATH` if `spec.env` sets
+//! one, else the agent's) and the other elements are passed as they are. The
+//! environment is the agent's own plus `spec.env`, plus `HODEI_JOB_ID` and
+//! `HODEI_ATTEMPT`; the current directory is `spec.working_dir`; stdin is
+//! `/dev/null`. The process becomes the leader of a new process group
+//! (process-wrap's [`ProcessGroup::leader`]) and every signal Hodei sends goes
+//! to that whole group, so shells, pipelines and background children are
+//! reached too.
+//!
+//! A command that cannot be started is an [`Outcome::SpawnFailed`], with the
+//! shell's codes: 127 when the program is not found, 126 when it is found but
+//! cannot be executed (permission denied, or any other OS error). The message
+//! is also written to the job's stderr so that users see it in the job log.
+//!
+//! # Output
+//!
+//! stdout and stderr are read from two pipes by two tasks. Each read (into a
+//! buffer of at most 64 KiB) becomes one [`OutputChunk`] right away, so
+//! interactive output is forwarded immediately and heavy output travels in
+//! large chunks; the bytes are never copied or decoded. If the receiver is
+//! gone the pipes are still drained, so the job never blocks on a full pipe.
+//! [`Executor::run`] returns after both pipes reached end-of-file and every
+//! byte was sent.
+//!
+//! # Ending
+//!
+//! On cancel or timeout the group gets SIGTERM; once the leader has exited and
+//! both pipes are closed, or `kill_grace` has passed, whatever is left of the
+//! group gets SIGKILL. The outcome is then [`Outcome::Cancelled`] or
+//! [`Outcome::TimedOut`], whatever the exit status.
+//!
+//! **When the leader exits on its own, the rest of its group is SIGKILLed at
+//! once.** Background children would otherwise keep the pipes open, so the
+//! job would never end (or would end at an arbitrary later time), and would
+//! outlive a job the orchestrator already considers finished. CI runners do
+//! the same (GitLab kills the job's process group, GitHub Actions cleans up
+//! orphan processes when a step ends). A job that needs its background work
+//! finished must `wait` for it. The outcome is the leader's own status.
+//!
+//! # Process group id reuse
+//!
+//! The group id is the leader's pid, and a pid is free for reuse once nothing
+//! holds it. On Linux the executor learns that the leader exited with
+//! `waitid(WEXITED | WNOWAIT)`, which leaves it an unreaped zombie: its pid,
+//! and so the group id, stay reserved. The leader is reaped only after the
+//! last signal to its group, and the group is never signalled afterwards, so
+//! a signal can never reach an unrelated process group that reused the id.
+//! (Elsewhere the leader is reaped first; the remaining members still hold
+//! the id while they live, and ESRCH is ignored.)
+//!
+//! # Limits
+//!
+//! A process that leaves the group (`setsid`, `setpgid`) is out of reach. If
+//! it keeps a pipe open after the group was killed, reading stops once the
+//! pipe has been idle for [`PIPE_CLOSE_GRACE`] after the kill, so such a
+//! process cannot hold the job (and the agent's slot) forever.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::pin::pin;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use futures::FutureExt;
+use futures::future::{FusedFuture, pending};
+use hodei_core::{LogStream, Outcome};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use process_wrap::tokio::{ChildWrapper, CommandWrap, ProcessGroup};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::executor::{CancelSignal, ExecSpec, Executor, OutputChunk, now_ms};
+
+/// The most one read from a pipe (and so one [`OutputChunk`]) carries.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How long the pipes may stay open, idle, after the whole group was killed
+/// and its leader reaped; only a process that left the group can hold them.
+pub const PIPE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs jobs as local processes; see the [module documentation](self).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessExecutor {
+    _private: (),
+}
+
+impl ProcessExecutor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for ProcessExecutor {
+    async fn run(
+        &self,
+        spec: ExecSpec,
+        output: mpsc::Sender<OutputChunk>,
+        mut cancel: CancelSignal,
+    ) -> Outcome {
+        let job = spec.job_id.as_str();
+        let Some((program, args)) = spec.command.split_first() else {
+            return spawn_failed(127, "hodei: the command is empty".into(), &output).await;
+        };
+        if *cancel.borrow() {
+            debug!(job, "cancelled before start");
+            return Outcome::Cancelled;
+        }
+
+        let mut command = CommandWrap::with_new(program, |c| {
+            c.args(args)
+                .envs(&spec.env)
+                .env("HODEI_JOB_ID", &spec.job_id)
+                .env("HODEI_ATTEMPT", spec.attempt.to_string())
+                .current_dir(&spec.working_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        });
+        command.wrap(ProcessGroup::leader());
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let (code, message) = describe_spawn_error(program, &spec, &err).await;
+                debug!(job, %err, code, "spawn failed");
+                return spawn_failed(code, message, &output).await;
+            }
+        };
+        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+            // Cannot happen: a freshly spawned, unreaped child has a pid.
+            return spawn_failed(126, "hodei: the started process has no pid".into(), &output)
+                .await;
+        };
+        let pgid = Pid::from_raw(pid);
+        debug!(job, pid, "started");
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stdout = child.stdout().take().map(|pipe| {
+            tokio::spawn(pump(
+                pipe,
+                LogStream::Stdout,
+                output.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        let stderr = child
+            .stderr()
+            .take()
+            .map(|pipe| tokio::spawn(pump(pipe, LogStream::Stderr, output.clone(), stop_rx)));
+        drop(output);
+        let mut drained = pin!(join_pumps(stdout, stderr).fuse());
+
+        let mut group = GroupGuard(Some(pgid));
+        let reason = {
+            let mut exited = pin!(leader_exited(&mut *child, pgid).fuse());
+            let timeout = async {
+                match spec.timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => pending().await,
+                }
+            };
+            let cancelled = async {
+                if cancel.wait_for(|c| *c).await.is_err() {
+                    pending::<()>().await; // No sender left: cannot be cancelled.
+                }
+            };
+            let reason = tokio::select! {
+                () = &mut exited => None,
+                () = cancelled => Some(Outcome::Cancelled),
+                () = timeout => Some(Outcome::TimedOut),
+            };
+            if let Some(reason) = &reason {
+                debug!(job, pid, ?reason, "terminating the process group");
+                group.signal(Signal::SIGTERM);
+                let gone = async {
+                    if !exited.is_terminated() {
+                        (&mut exited).await;
+                    }
+                    if !drained.is_terminated() {
+                        (&mut drained).await;
+                    }
+                };
+                let _ = tokio::time::timeout(spec.kill_grace, gone).await;
+            }
+            // The leader is gone or must go: nothing of the group may outlive it.
+            group.signal(Signal::SIGKILL);
+            if !exited.is_terminated() {
+                exited.await;
+            }
+            reason
+        };
+        group.0 = None; // Reaping frees the group id: no more signals.
+        let status = reap(&mut *child, job).await;
+
+        if !drained.is_terminated()
+            && tokio::time::timeout(PIPE_CLOSE_GRACE, &mut drained)
+                .await
+                .is_err()
+        {
+            debug!(job, "pipes held open by a process outside the group");
+            let _ = stop_tx.send(true);
+            drained.await;
+        }
+
+        let outcome = match (reason, status) {
+            (Some(reason), _) => reason,
+            (None, Some(status)) => outcome_of(status),
+            (None, None) => Outcome::Exited { code: -1 },
+        };
+        debug!(job, pid, ?outcome, "finished");
+        outcome
+    }
+}
+
+/// Sends signals to the job's process group while it may do so: `None` once
+/// the leader was reaped. Dropping it (the `run` future was dropped midway)
+/// SIGKILLs the group so that no process of the job survives.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        let Some(pgid) = self.0 else { return };
+        match killpg(pgid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(err) => debug!(pgid = pgid.as_raw(), ?signal, %err, "killpg failed"),
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Resolves once the leader has exited, leaving it an unreaped zombie so its
+/// pid (the group id) stays reserved. Errors mean it cannot be waited for
+/// (already gone) and count as exited.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+async fn leader_exited(_child: &mut dyn ChildWrapper, pid: Pid) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    let waited = tokio::task::spawn_blocking(move || {
+        loop {
+            match waitid(Id::Pid(pid), flags) {
+                Err(Errno::EINTR) => continue,
+                other => return other.map(drop),
+            }
+        }
+    })
+    .await;
+    if let Ok(Err(err)) = waited {
+        debug!(pid = pid.as_raw(), %err, "waitid");
+    }
+}
+
+/// Resolves once the leader has exited. Without `waitid` this reaps it.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+async fn leader_exited(child: &mut dyn ChildWrapper, pid: Pid) {
+    if let Err(err) = child.wait().await {
+        debug!(pid = pid.as_raw(), %err, "wait");
+    }
+}
+
+/// Reaps the leader (and any member of the group that became our child) and
+/// returns its exit status. process-wrap keeps the leader's status once it
+/// has it, so a second `wait` recovers it if reaping the rest failed.
+async fn reap(child: &mut dyn ChildWrapper, job: &str) -> Option<ExitStatus> {
+    match child.wait().await {
+        Ok(status) => Some(status),
+        Err(err) => {
+            debug!(job, %err, "reaping the process group failed");
+            match child.wait().await {
+                Ok(status) => Some(status),
+                Err(err) => {
+                    warn!(job, %err, "cannot get the exit status of the job's process");
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn outcome_of(status: ExitStatus) -> Outcome {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited { code },
+        (None, Some(signal)) => Outcome::Signaled { signal },
+        (None, None) => Outcome::Exited { code: -1 },
+    }
+}
+
+async fn join_pumps(stdout: Option<JoinHandle<()>>, stderr: Option<JoinHandle<()>>) {
+    for task in [stdout, stderr].into_iter().flatten() {
+        if let Err(err) = task.await {
+            warn!(%err, "output pump failed");
+        }
+    }
+}
+
+/// Forwards one pipe to `output` until end-of-file, or until `stop` is set
+/// and the pipe has nothing more to read right now.
+async fn pump<R: AsyncRead + Unpin>(
+    mut pipe: R,
+    stream: LogStream,
+    output: mpsc::Sender<OutputChunk>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = BytesMut::new();
+    let mut forwarding = true;
+    loop {
+        buf.reserve(READ_CHUNK);
+        let read = {
+            let mut limited = (&mut buf).limit(READ_CHUNK);
+            tokio::select! {
+                biased;
+                read = pipe.read_buf(&mut limited) => read,
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        };
+        match read {
+            Ok(0) => break,
+            Ok(_) => {
+                let chunk = OutputChunk {
+                    stream,
+                    data: buf.split().freeze(),
+                    timestamp_ms: now_ms(),
+                };
+                if forwarding && output.send(chunk).await.is_err() {
+                    debug!(?stream, "output receiver gone; draining the pipe");
+                    forwarding = false;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                warn!(?stream, %err, "reading the job's output failed");
+                break;
+            }
+        }
+    }
+}
+
+/// The exit code and message for a command that could not be started.
+async fn describe_spawn_error(program: &str, spec: &ExecSpec, err: &io::Error) -> (i32, String) {
+    match err.kind() {
+        io::ErrorKind::NotFound => {
+            // The same errno comes back when changing directory failed.
+            if let Err(dir_err) = tokio::fs::metadata(&spec.working_dir).await {
+                let dir = &spec.working_dir;
+                return (
+                    126,
+                    format!("hodei: cannot use working directory {dir:?}: {dir_err}"),
+                );
+            }
+            let what = if program.contains('/') {
+                "no such file or directory"
+            } else {
+                "command not found"
+            };
+            (127, format!("hodei: cannot run {program:?}: {what}"))
+        }
+        io::ErrorKind::PermissionDenied => (
+            126,
+            format!("hodei: cannot run {program:?}: permission denied"),
+        ),
+        _ => (126, format!("hodei: cannot run {program:?}: {err}")),
+    }
+}
+
+/// Writes `message` to the job's stderr and returns it as the outcome.
+async fn spawn_failed(code: i32, message: String, output: &mpsc::Sender<OutputChunk>) -> Outcome {
+    let chunk = OutputChunk {
+        stream: LogStream::Stderr,
+        data: format!("{message}\n").into(),
+        timestamp_ms: now_ms(),
+    };
+    let _ = output.send(chunk).await;
+    Outcome::SpawnFailed { code, message }
+}

@@ -1,1 +1,261 @@
-//! placeholder crate root; replaced below
+//! A client for Hodei's HTTP API (`/api/v1`). The CLI, the tests and the
+//! benchmarks all go through it, so there is one client path per operation.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use hodei_core::api::{EndEvent, ErrorBody, JobList, LogEvent, SubmitRequest, SubmitResponse};
+use hodei_core::engine::WorkerInfo;
+use hodei_core::{Job, JobState, LogStream};
+use serde::de::DeserializeOwned;
+
+/// What went wrong talking to the orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the Hodei server at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{} ({})", body.message, body.code)]
+    Api { status: u16, body: ErrorBody },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The API error code (`not_found`, `invalid_argument`, ...), if any.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
+}
+
+/// One event of a live log follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowEvent {
+    Log {
+        attempt: u32,
+        stream: LogStream,
+        offset: u64,
+        data: Bytes,
+    },
+    /// The job was retried; the log restarts for this attempt.
+    Attempt(u32),
+}
+
+/// A handle on one orchestrator.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base`: the server URL, e.g. `http://127.0.0.1:50051`.
+    pub fn new(base: &str) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    async fn parse<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(body) => Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(ClientError::Protocol(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.parse(resp).await
+    }
+
+    pub async fn submit(&self, request: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
+        let resp = self
+            .http
+            .post(self.url("/jobs"))
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.parse(resp).await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Job, ClientError> {
+        self.get_json(&format!("/jobs/{id}")).await
+    }
+
+    /// One page of jobs, newest first.
+    pub async fn jobs(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<JobList, ClientError> {
+        let mut path = format!("/jobs?limit={limit}");
+        if let Some(s) = state {
+            path.push_str(&format!("&state={s}"));
+        }
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        self.get_json(&path).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/jobs/{id}/cancel")))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.parse(resp).await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
+        self.get_json("/workers").await
+    }
+
+    /// The whole stored log of the current attempt (`None`: both streams in
+    /// arrival order).
+    pub async fn logs(&self, id: &str, stream: Option<LogStream>) -> Result<Bytes, ClientError> {
+        let which = stream.map_or("both", LogStream::as_str);
+        let resp = self
+            .http
+            .get(self.url(&format!("/jobs/{id}/logs?stream={which}")))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
+                ClientError::Protocol("error status without an error body".into())
+            }));
+        }
+        resp.bytes().await.map_err(|e| self.unreachable(e))
+    }
+
+    /// Follows a job's log live until the job ends, calling `on_event` for
+    /// every piece of output in order, and returns how the job ended. A
+    /// dropped connection is resumed from the last event (no byte is missed
+    /// or repeated) for up to `reconnect_for` of consecutive failures.
+    pub async fn follow(
+        &self,
+        id: &str,
+        reconnect_for: Duration,
+        mut on_event: impl FnMut(FollowEvent),
+    ) -> Result<EndEvent, ClientError> {
+        let mut last_id: Option<String> = None;
+        let mut failing_since: Option<tokio::time::Instant> = None;
+        loop {
+            let mut req = self.http.get(self.url(&format!("/jobs/{id}/logs/follow")));
+            if let Some(last) = &last_id {
+                req = req.header("Last-Event-ID", last);
+            }
+            let err = match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let mut events = resp.bytes_stream().eventsource();
+                    let mut err = None;
+                    while let Some(ev) = events.next().await {
+                        let ev = match ev {
+                            Ok(ev) => ev,
+                            Err(e) => {
+                                err = Some(e.to_string());
+                                break;
+                            }
+                        };
+                        failing_since = None;
+                        match ev.event.as_str() {
+                            "log" => {
+                                let log: LogEvent = serde_json::from_str(&ev.data)
+                                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                                let data = base64::engine::general_purpose::STANDARD
+                                    .decode(&log.data)
+                                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                                on_event(FollowEvent::Log {
+                                    attempt: log.attempt,
+                                    stream: log.stream,
+                                    offset: log.offset,
+                                    data: Bytes::from(data),
+                                });
+                            }
+                            "attempt" => {
+                                let n = ev.data.trim().parse().unwrap_or_default();
+                                on_event(FollowEvent::Attempt(n));
+                            }
+                            "end" => {
+                                return serde_json::from_str(&ev.data)
+                                    .map_err(|e| ClientError::Protocol(e.to_string()));
+                            }
+                            "error" => return Err(ClientError::Protocol(ev.data)),
+                            _ => {}
+                        }
+                        if !ev.id.is_empty() {
+                            last_id = Some(ev.id);
+                        }
+                    }
+                    err.unwrap_or_else(|| "log stream ended early".to_string())
+                }
+                Ok(resp) => {
+                    return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
+                        ClientError::Protocol("error status without an error body".into())
+                    }));
+                }
+                Err(e) => e.to_string(),
+            };
+            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > reconnect_for {
+                return Err(ClientError::Unreachable {
+                    url: self.base.clone(),
+                    message: err,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the job is finished (by following its events) and returns it.
+    pub async fn wait(&self, id: &str) -> Result<Job, ClientError> {
+        self.follow(id, Duration::from_secs(60), |_| {}).await?;
+        self.job(id).await
+    }
+}

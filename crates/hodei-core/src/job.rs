@@ -39,7 +39,10 @@ impl JobState {
     ];
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Assigned | JobState::Running)
+        !matches!(
+            self,
+            JobState::Queued | JobState::Assigned | JobState::Running
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -172,7 +175,10 @@ pub enum JobEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     #[error("job is {state}; {event} is not allowed")]
-    Illegal { state: JobState, event: &'static str },
+    Illegal {
+        state: JobState,
+        event: &'static str,
+    },
     #[error("report for attempt {got} but the current attempt is {current}")]
     StaleAttempt { got: u32, current: u32 },
 }
@@ -308,7 +314,9 @@ mod tests {
                 attempt,
                 outcome: Outcome::Exited { code: 0 },
             },
-            JobEvent::CancelRequested { reason: "user".into() },
+            JobEvent::CancelRequested {
+                reason: "user".into(),
+            },
             JobEvent::WorkerLost {
                 attempt,
                 reason: "silent".into(),
@@ -409,7 +417,15 @@ mod tests {
         ];
         for (outcome, state, code) in cases {
             let job = job_in(JobState::Running, 1);
-            let done = transition(&job, &JobEvent::Finished { attempt: 1, outcome }, 9).unwrap();
+            let done = transition(
+                &job,
+                &JobEvent::Finished {
+                    attempt: 1,
+                    outcome,
+                },
+                9,
+            )
+            .unwrap();
             assert_eq!((done.state, done.exit_code), (state, code));
             assert_eq!(done.finished_at, Some(9));
         }

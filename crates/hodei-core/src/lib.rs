@@ -9,6 +9,7 @@
 //! - [`engine`]: the orchestrator's state machine (events in, store writes and
 //!   messages out).
 
+pub mod api;
 pub mod engine;
 pub mod job;
 pub mod log;

@@ -73,7 +73,8 @@ pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> V
             .enumerate()
             .filter(|(_, (i, _))| fits(*i))
             .max_by(|(_, (ia, sa)), (_, (ib, sb))| {
-                sa.cmp(sb).then_with(|| workers[*ib].id.cmp(&workers[*ia].id))
+                sa.cmp(sb)
+                    .then_with(|| workers[*ib].id.cmp(&workers[*ia].id))
             })
             .map(|(pos, _)| pos);
         let Some(pos) = best else { continue };
@@ -118,7 +119,9 @@ mod tests {
     }
 
     fn pairs(p: &[Placement]) -> Vec<(&str, &str)> {
-        p.iter().map(|p| (p.job.as_str(), p.worker.as_str())).collect()
+        p.iter()
+            .map(|p| (p.job.as_str(), p.worker.as_str()))
+            .collect()
     }
 
     #[test]
@@ -130,8 +133,15 @@ mod tests {
 
     #[test]
     fn labels_must_all_match() {
-        let q = queue(&[("gpu", 0, 1, &["gpu"]), ("any", 0, 2, &[]), ("both", 0, 3, &["gpu", "linux"])]);
-        let ws = [worker("cpu", &["linux"], 5), worker("g", &["gpu", "linux"], 5)];
+        let q = queue(&[
+            ("gpu", 0, 1, &["gpu"]),
+            ("any", 0, 2, &[]),
+            ("both", 0, 3, &["gpu", "linux"]),
+        ]);
+        let ws = [
+            worker("cpu", &["linux"], 5),
+            worker("g", &["gpu", "linux"], 5),
+        ];
         let p = place(&q, &ws);
         assert_eq!(pairs(&p), vec![("gpu", "g"), ("any", "cpu"), ("both", "g")]);
     }

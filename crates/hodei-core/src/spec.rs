@@ -111,20 +111,30 @@ impl JobSpec {
                 return bad("command", format!("argument {i} contains a NUL byte"));
             }
             if arg.len() > MAX_ARG_LEN {
-                return bad("command", format!("argument {i} is longer than {MAX_ARG_LEN} bytes"));
+                return bad(
+                    "command",
+                    format!("argument {i} is longer than {MAX_ARG_LEN} bytes"),
+                );
             }
             total += arg.len();
         }
         if total > MAX_COMMAND_BYTES {
-            return bad("command", format!("is longer than {MAX_COMMAND_BYTES} bytes"));
+            return bad(
+                "command",
+                format!("is longer than {MAX_COMMAND_BYTES} bytes"),
+            );
         }
         if self.name.len() > MAX_NAME_LEN {
             return bad("name", format!("is longer than {MAX_NAME_LEN} bytes"));
         }
         if let Some(image) = &self.image
-            && (image.len() > MAX_IMAGE_LEN || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+            && (image.len() > MAX_IMAGE_LEN
+                || image.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
-            return bad("image", "must be an image reference without spaces, at most 512 bytes".into());
+            return bad(
+                "image",
+                "must be an image reference without spaces, at most 512 bytes".into(),
+            );
         }
         if self.env.len() > MAX_ENV {
             return bad("env", format!("has more than {MAX_ENV} variables"));
@@ -132,7 +142,10 @@ impl JobSpec {
         let mut env_bytes = 0;
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return bad("env", format!("variable name {k:?} is empty or contains '=' or NUL"));
+                return bad(
+                    "env",
+                    format!("variable name {k:?} is empty or contains '=' or NUL"),
+                );
             }
             if v.contains('\0') {
                 return bad("env", format!("value of {k} contains a NUL byte"));
@@ -145,12 +158,18 @@ impl JobSpec {
         if let Some(dir) = &self.working_dir
             && (dir.len() > MAX_PATH_LEN || dir.contains('\0'))
         {
-            return bad("working_dir", format!("must be a path of at most {MAX_PATH_LEN} bytes without NUL"));
+            return bad(
+                "working_dir",
+                format!("must be a path of at most {MAX_PATH_LEN} bytes without NUL"),
+            );
         }
         if let Some(t) = self.timeout_ms
             && (t == 0 || t > MAX_TIMEOUT_MS)
         {
-            return bad("timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}"));
+            return bad(
+                "timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            );
         }
         if let Some(g) = self.kill_grace_ms
             && g > MAX_TIMEOUT_MS
@@ -192,7 +211,11 @@ pub fn validate_job_id(id: &str) -> Result<(), InvalidInput> {
     if id.len() > limits::MAX_ID_LEN {
         return Err(InvalidInput::new(
             "job_id",
-            format!("is {} bytes long; the limit is {}", id.len(), limits::MAX_ID_LEN),
+            format!(
+                "is {} bytes long; the limit is {}",
+                id.len(),
+                limits::MAX_ID_LEN
+            ),
         ));
     }
     if !id.chars().all(ok) {
@@ -245,7 +268,12 @@ mod tests {
         assert!(validate_job_id("a b").is_err());
         assert!(validate_job_id("../etc").is_err());
         let long = "x".repeat(10 * 1024);
-        assert!(validate_job_id(&long).unwrap_err().message.contains("10240"));
+        assert!(
+            validate_job_id(&long)
+                .unwrap_err()
+                .message
+                .contains("10240")
+        );
     }
 
     #[test]

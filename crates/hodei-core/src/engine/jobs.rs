@@ -136,8 +136,10 @@ impl Engine {
                 reason: reason.clone(),
             };
             if let Err(e) = self.apply(&id, event, now, out) {
-                out.replies
-                    .push((req, Reply::Error(EngineError::FailedPrecondition(e.to_string()))));
+                out.replies.push((
+                    req,
+                    Reply::Error(EngineError::FailedPrecondition(e.to_string())),
+                ));
                 return;
             }
         }
@@ -156,7 +158,8 @@ impl Engine {
                 },
             ));
         }
-        out.replies.push((req, Reply::Cancelled { job: Box::new(job) }));
+        out.replies
+            .push((req, Reply::Cancelled { job: Box::new(job) }));
     }
 
     /// Whether `session` belongs to the worker holding `job_id`'s `attempt`.
@@ -245,7 +248,11 @@ impl Engine {
             reply(out, Reply::Error(EngineError::NotFound(job_id)));
             return;
         };
-        let attempt = if session.is_some() { attempt } else { live.job.attempt };
+        let attempt = if session.is_some() {
+            attempt
+        } else {
+            live.job.attempt
+        };
         let persisted = live.persisted[stream.index()];
         let skip = match fit_chunk(persisted, offset.unwrap_or(persisted), data.len()) {
             ChunkFit::Append { skip } => skip,

@@ -81,7 +81,9 @@ pub enum Input {
         slots: u32,
     },
     /// A user asks for the workers and their state.
-    ListWorkers { req: RequestId },
+    ListWorkers {
+        req: RequestId,
+    },
     /// An agent opened a session.
     Attach {
         session: SessionId,
@@ -91,10 +93,16 @@ pub enum Input {
         running: Vec<AttemptRef>,
     },
     /// An agent's session ended (stream closed or broken).
-    Detach { session: SessionId },
-    Heartbeat { session: SessionId },
+    Detach {
+        session: SessionId,
+    },
+    Heartbeat {
+        session: SessionId,
+    },
     /// The agent will take no new work.
-    Drain { session: SessionId },
+    Drain {
+        session: SessionId,
+    },
     Started {
         session: SessionId,
         job_id: String,
@@ -172,9 +180,14 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// The job as submitted; `created` is false when an identical job existed.
-    Submitted { job: Box<Job>, created: bool },
+    Submitted {
+        job: Box<Job>,
+        created: bool,
+    },
     /// The job after the cancel request.
-    Cancelled { job: Box<Job> },
+    Cancelled {
+        job: Box<Job>,
+    },
     Worker(WorkerInfo),
     Workers(Vec<WorkerInfo>),
     LogAppended,
@@ -348,7 +361,9 @@ impl Engine {
                     worker.last_seen = now;
                 }
             }
-            engine.jobs.insert(job.id.clone(), LiveJob { job, persisted });
+            engine
+                .jobs
+                .insert(job.id.clone(), LiveJob { job, persisted });
         }
         engine
     }
@@ -466,7 +481,11 @@ impl Engine {
             }
         }
         for id in std::mem::take(&mut self.finished) {
-            if self.jobs.get(&id).is_some_and(|l| l.job.state.is_terminal()) {
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|l| l.job.state.is_terminal())
+            {
                 self.jobs.remove(&id);
             }
         }
@@ -483,7 +502,8 @@ impl Engine {
     }
 
     fn dequeue(&mut self, job: &Job) {
-        self.queue.remove(&QueueKey::new(job.spec.priority, job.seq));
+        self.queue
+            .remove(&QueueKey::new(job.spec.priority, job.seq));
     }
 }
 

@@ -77,7 +77,10 @@ fn submitted_job_is_stored_then_pushed_to_a_free_worker() {
     let out = batch(&mut e, 1, vec![submit(7, "j", JobSpec::command(["true"]))]);
     assert_eq!(out.writes.jobs["j"].state, JobState::Assigned);
     assert_eq!(assigned(&out), vec![(1, "j".to_string(), 1)]);
-    assert!(matches!(&out.replies[..], [(7, Reply::Submitted { created: true, .. })]));
+    assert!(matches!(
+        &out.replies[..],
+        [(7, Reply::Submitted { created: true, .. })]
+    ));
 }
 
 #[test]
@@ -93,7 +96,10 @@ fn submit_is_idempotent_on_id_and_spec() {
         ],
     );
     assert!(out.writes.jobs.is_empty(), "nothing new to write");
-    assert!(matches!(out.replies[0], (2, Reply::Submitted { created: false, .. })));
+    assert!(matches!(
+        out.replies[0],
+        (2, Reply::Submitted { created: false, .. })
+    ));
     assert_eq!(
         out.replies[1],
         (3, Reply::Error(EngineError::AlreadyExists("j".into())))
@@ -111,7 +117,10 @@ fn submit_is_idempotent_on_id_and_spec() {
             existing: Some(stored),
         }],
     );
-    assert!(matches!(out.replies[0], (4, Reply::Submitted { created: false, .. })));
+    assert!(matches!(
+        out.replies[0],
+        (4, Reply::Submitted { created: false, .. })
+    ));
 }
 
 #[test]
@@ -164,16 +173,24 @@ fn slots_limit_concurrency_and_a_result_frees_one() {
     );
     assert_eq!(out.writes.jobs["j0"].state, JobState::Succeeded);
     assert_eq!(assigned(&out), vec![(1, "j2".to_string(), 1)]);
-    assert!(out
-        .messages
-        .contains(&(1, ToAgent::ResultAck { job_id: "j0".into(), attempt: 1 })));
+    assert!(out.messages.contains(&(
+        1,
+        ToAgent::ResultAck {
+            job_id: "j0".into(),
+            attempt: 1
+        }
+    )));
     assert!(e.live_job("j0").is_none(), "finished jobs leave memory");
 }
 
 #[test]
 fn labels_route_jobs() {
     let mut e = engine();
-    batch(&mut e, 0, vec![attach(1, "a", &["red"], 4), attach(2, "b", &["blue"], 4)]);
+    batch(
+        &mut e,
+        0,
+        vec![attach(1, "a", &["red"], 4), attach(2, "b", &["blue"], 4)],
+    );
     let spec = |l: &str| JobSpec {
         labels: vec![l.into()],
         ..JobSpec::command(["true"])
@@ -181,7 +198,11 @@ fn labels_route_jobs() {
     let out = batch(
         &mut e,
         1,
-        vec![submit(1, "r", spec("red")), submit(2, "b", spec("blue")), submit(3, "g", spec("green"))],
+        vec![
+            submit(1, "r", spec("red")),
+            submit(2, "b", spec("blue")),
+            submit(3, "g", spec("green")),
+        ],
     );
     let mut got = assigned(&out);
     got.sort();
@@ -192,7 +213,14 @@ fn labels_route_jobs() {
 #[test]
 fn logs_are_deduplicated_by_offset_and_acknowledged_after_the_batch() {
     let mut e = engine();
-    batch(&mut e, 0, vec![attach(1, "w", &[], 1), submit(1, "j", JobSpec::command(["x"]))]);
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 1),
+            submit(1, "j", JobSpec::command(["x"])),
+        ],
+    );
     let out = batch(
         &mut e,
         1,
@@ -203,7 +231,12 @@ fn logs_are_deduplicated_by_offset_and_acknowledged_after_the_batch() {
             log(1, "j", 1, 50, b"gap"),
         ],
     );
-    let stored: Vec<(u64, &[u8])> = out.writes.logs.iter().map(|l| (l.offset, &l.data[..])).collect();
+    let stored: Vec<(u64, &[u8])> = out
+        .writes
+        .logs
+        .iter()
+        .map(|l| (l.offset, &l.data[..]))
+        .collect();
     assert_eq!(stored, vec![(0, &b"hello "[..]), (6, &b"world"[..])]);
     let acks: Vec<_> = out
         .messages
@@ -226,15 +259,33 @@ fn logs_are_deduplicated_by_offset_and_acknowledged_after_the_batch() {
 #[test]
 fn reports_from_a_stale_attempt_or_another_worker_change_nothing() {
     let mut e = engine();
-    batch(&mut e, 0, vec![attach(1, "w1", &[], 1), submit(1, "j", JobSpec::command(["x"]))]);
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w1", &[], 1),
+            submit(1, "j", JobSpec::command(["x"])),
+        ],
+    );
     batch(&mut e, 0, vec![attach(2, "w2", &[], 1)]);
-    let out = batch(&mut e, 1, vec![result(2, "j", 1, 0), log(1, "j", 7, 0, b"x"), result(1, "j", 0, 0)]);
+    let out = batch(
+        &mut e,
+        1,
+        vec![
+            result(2, "j", 1, 0),
+            log(1, "j", 7, 0, b"x"),
+            result(1, "j", 0, 0),
+        ],
+    );
     assert!(out.writes.jobs.is_empty());
     assert!(out.writes.logs.is_empty());
     assert_eq!(e.live_job("j").map(|j| j.state), Some(JobState::Assigned));
     // The stale log's sender is told to stop that attempt.
-    assert!(out.messages.iter().any(|(s, m)| *s == 1
-        && matches!(m, ToAgent::Cancel { attempt: 7, .. })));
+    assert!(
+        out.messages
+            .iter()
+            .any(|(s, m)| *s == 1 && matches!(m, ToAgent::Cancel { attempt: 7, .. }))
+    );
 }
 
 #[test]
@@ -256,7 +307,14 @@ fn cancel_ends_a_queued_job_and_asks_the_agent_to_kill_a_running_one() {
     assert_eq!(out.writes.jobs["q"].state, JobState::Cancelled);
     assert_eq!(e.queue_len(), 0);
 
-    batch(&mut e, 1, vec![attach(1, "w", &[], 1), submit(3, "r", JobSpec::command(["x"]))]);
+    batch(
+        &mut e,
+        1,
+        vec![
+            attach(1, "w", &[], 1),
+            submit(3, "r", JobSpec::command(["x"])),
+        ],
+    );
     let out = batch(
         &mut e,
         2,
@@ -267,8 +325,11 @@ fn cancel_ends_a_queued_job_and_asks_the_agent_to_kill_a_running_one() {
             existing: None,
         }],
     );
-    assert!(out.messages.iter().any(|(s, m)| *s == 1
-        && matches!(m, ToAgent::Cancel { attempt: 1, .. })));
+    assert!(
+        out.messages
+            .iter()
+            .any(|(s, m)| *s == 1 && matches!(m, ToAgent::Cancel { attempt: 1, .. }))
+    );
     assert!(out.writes.jobs["r"].cancel_requested);
     let out = batch(
         &mut e,
@@ -292,7 +353,10 @@ fn cancel_ends_a_queued_job_and_asks_the_agent_to_kill_a_running_one() {
             existing: None,
         }],
     );
-    assert_eq!(out.replies[0], (5, Reply::Error(EngineError::NotFound("nope".into()))));
+    assert_eq!(
+        out.replies[0],
+        (5, Reply::Error(EngineError::NotFound("nope".into())))
+    );
 }
 
 #[test]
@@ -312,10 +376,19 @@ fn a_silent_worker_loses_its_jobs_after_the_grace_and_retries_requeue() {
         ],
     );
     let out = batch(&mut e, GRACE as i64, vec![Input::Tick]);
-    assert!(out.writes.jobs.is_empty(), "not before the grace has passed");
+    assert!(
+        out.writes.jobs.is_empty(),
+        "not before the grace has passed"
+    );
     let out = batch(&mut e, GRACE as i64 + 1, vec![Input::Tick]);
     assert_eq!(out.writes.jobs["once"].state, JobState::Lost);
-    assert!(out.writes.jobs["once"].reason.as_deref().unwrap_or("").contains("silent"));
+    assert!(
+        out.writes.jobs["once"]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("silent")
+    );
     assert_eq!(out.writes.jobs["retry"].state, JobState::Queued);
     assert_eq!(out.close_sessions, vec![1]);
     // A new worker picks up the retry as attempt 2.
@@ -326,7 +399,14 @@ fn a_silent_worker_loses_its_jobs_after_the_grace_and_retries_requeue() {
 #[test]
 fn an_agent_back_within_the_grace_keeps_its_job() {
     let mut e = engine();
-    batch(&mut e, 0, vec![attach(1, "w", &[], 1), submit(1, "j", JobSpec::command(["x"]))]);
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 1),
+            submit(1, "j", JobSpec::command(["x"])),
+        ],
+    );
     batch(
         &mut e,
         1,
@@ -355,7 +435,11 @@ fn an_agent_back_within_the_grace_keeps_its_job() {
         ],
     );
     assert!(out.writes.jobs.is_empty());
-    let out = batch(&mut e, 10_001, vec![log(2, "j", 1, 0, b"still here"), result(2, "j", 1, 0)]);
+    let out = batch(
+        &mut e,
+        10_001,
+        vec![log(2, "j", 1, 0, b"still here"), result(2, "j", 1, 0)],
+    );
     assert_eq!(out.writes.jobs["j"].state, JobState::Succeeded);
     assert_eq!(out.writes.logs.len(), 1);
 }
@@ -399,8 +483,12 @@ fn an_agent_back_without_its_jobs_requeues_unstarted_and_loses_started_ones() {
     // The unstarted job was requeued and, the slot being free, assigned again.
     assert_eq!(out.writes.jobs["unstarted"].attempt, 2);
     assert_eq!(out.close_sessions, vec![1]);
-    assert!(out.messages.iter().any(|(s, m)| *s == 2
-        && matches!(m, ToAgent::Cancel { job_id, .. } if job_id == "ghost")));
+    assert!(
+        out.messages
+            .iter()
+            .any(|(s, m)| *s == 2
+                && matches!(m, ToAgent::Cancel { job_id, .. } if job_id == "ghost"))
+    );
 }
 
 #[test]
@@ -412,7 +500,14 @@ fn recovery_restores_queue_and_running_jobs() {
     running.attempt = 1;
     running.worker = Some("w".into());
     let ends = HashMap::from([(("r".to_string(), 1), [5, 2])]);
-    let mut e = Engine::recover(EngineConfig::default(), vec![queued, running], &ends, vec![], 5, 100);
+    let mut e = Engine::recover(
+        EngineConfig::default(),
+        vec![queued, running],
+        &ends,
+        vec![],
+        5,
+        100,
+    );
     assert_eq!(e.queue_len(), 1);
     // The agent comes back with the running job; its next log continues at 5.
     let out = batch(
@@ -454,10 +549,17 @@ fn seed_logs_append_at_the_end_and_unknown_jobs_are_not_found() {
         data: Bytes::from_static(data),
         timestamp_ms: 0,
     };
-    let out = batch(&mut e, 1, vec![seed(2, "j", b"ab"), seed(3, "j", b"cd"), seed(4, "x", b"z")]);
+    let out = batch(
+        &mut e,
+        1,
+        vec![seed(2, "j", b"ab"), seed(3, "j", b"cd"), seed(4, "x", b"z")],
+    );
     let offsets: Vec<u64> = out.writes.logs.iter().map(|l| l.offset).collect();
     assert_eq!(offsets, vec![0, 2]);
-    assert_eq!(out.replies[2], (4, Reply::Error(EngineError::NotFound("x".into()))));
+    assert_eq!(
+        out.replies[2],
+        (4, Reply::Error(EngineError::NotFound("x".into())))
+    );
 }
 
 #[test]
@@ -475,5 +577,8 @@ fn workers_report_their_state() {
     let Some((_, Reply::Workers(list))) = out.replies.pop() else {
         panic!("no reply")
     };
-    assert_eq!((list[0].state.as_str(), list[0].running.len()), ("draining", 1));
+    assert_eq!(
+        (list[0].state.as_str(), list[0].running.len()),
+        ("draining", 1)
+    );
 }

@@ -12,7 +12,9 @@ use crate::spec::validate_worker_id;
 
 impl Engine {
     pub(super) fn session_of(&self, worker: Option<&str>) -> Option<SessionId> {
-        worker.and_then(|w| self.workers.get(w)).and_then(|w| w.session)
+        worker
+            .and_then(|w| self.workers.get(w))
+            .and_then(|w| w.session)
     }
 
     pub(super) fn worker_info(&self, id: &str) -> WorkerInfo {
@@ -60,14 +62,16 @@ impl Engine {
     }
 
     fn worker_entry(&mut self, id: &str, now: Millis) -> &mut Worker {
-        self.workers.entry(id.to_string()).or_insert_with(|| Worker {
-            labels: BTreeSet::new(),
-            slots: 0,
-            session: None,
-            jobs: BTreeSet::new(),
-            draining: false,
-            last_seen: now,
-        })
+        self.workers
+            .entry(id.to_string())
+            .or_insert_with(|| Worker {
+                labels: BTreeSet::new(),
+                slots: 0,
+                session: None,
+                jobs: BTreeSet::new(),
+                draining: false,
+                last_seen: now,
+            })
     }
 
     pub(super) fn register(
@@ -80,7 +84,8 @@ impl Engine {
         out: &mut Output,
     ) {
         if let Err(e) = validate_worker_id(&worker_id) {
-            out.replies.push((req, Reply::Error(EngineError::Invalid(e))));
+            out.replies
+                .push((req, Reply::Error(EngineError::Invalid(e))));
             return;
         }
         let w = self.worker_entry(&worker_id, now);
@@ -195,13 +200,21 @@ impl Engine {
     }
 
     pub(super) fn touch(&mut self, session: SessionId, now: Millis) {
-        if let Some(w) = self.sessions.get(&session).and_then(|id| self.workers.get_mut(id)) {
+        if let Some(w) = self
+            .sessions
+            .get(&session)
+            .and_then(|id| self.workers.get_mut(id))
+        {
             w.last_seen = now;
         }
     }
 
     pub(super) fn drain(&mut self, session: SessionId, now: Millis) {
-        if let Some(w) = self.sessions.get(&session).and_then(|id| self.workers.get_mut(id)) {
+        if let Some(w) = self
+            .sessions
+            .get(&session)
+            .and_then(|id| self.workers.get_mut(id))
+        {
             w.draining = true;
             w.last_seen = now;
         }

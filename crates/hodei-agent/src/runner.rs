@@ -1,0 +1,151 @@
+//! Runs one assignment: prepares its working directory, hands it to the
+//! executor, moves its output into the outbox and records its result.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_core::spec::DEFAULT_KILL_GRACE_MS;
+use hodei_core::{LogStream, Outcome};
+use hwp_proto::pb;
+use tokio::sync::{mpsc, watch};
+
+use crate::executor::{ExecSpec, Executor, OutputChunk, now_ms};
+use crate::outbox::Outbox;
+
+/// Starts jobs for the session.
+#[derive(Clone)]
+pub struct Runner {
+    pub outbox: Arc<Outbox>,
+    pub executor: Arc<dyn Executor>,
+    /// Per-job directories are made under this one.
+    pub work_root: PathBuf,
+    /// Keep per-job directories after the job (for debugging).
+    pub keep_work_dirs: bool,
+}
+
+impl Runner {
+    /// Starts the assignment in the background; `Err` is the reason to
+    /// reject it.
+    pub fn start(&self, a: pb::Assignment) -> Result<(), String> {
+        let cancel = self
+            .outbox
+            .add(&a.job_id, a.attempt, [a.stdout_offset, a.stderr_offset])
+            .ok_or_else(|| format!("job {} is already running here", a.job_id))?;
+        let runner = self.clone();
+        tokio::spawn(async move { runner.run(a, cancel).await });
+        Ok(())
+    }
+
+    async fn run(self, a: pb::Assignment, cancel: watch::Receiver<bool>) {
+        let spec = a.spec.clone().unwrap_or_default();
+        let job_id = a.job_id.clone();
+        let (dir, ours) = if spec.working_dir.is_empty() {
+            (
+                self.work_root.join(format!("{}-{}", a.job_id, a.attempt)),
+                true,
+            )
+        } else {
+            (PathBuf::from(&spec.working_dir), false)
+        };
+        let outcome = match prepare(&dir, ours).await {
+            Ok(()) => {
+                let exec = ExecSpec {
+                    job_id: a.job_id.clone(),
+                    attempt: a.attempt,
+                    command: a.command.clone(),
+                    env: spec.env.into_iter().collect(),
+                    working_dir: dir.clone(),
+                    timeout: (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms)),
+                    kill_grace: Duration::from_millis(if spec.kill_grace_ms > 0 {
+                        spec.kill_grace_ms
+                    } else {
+                        DEFAULT_KILL_GRACE_MS
+                    }),
+                };
+                self.execute(exec, cancel).await
+            }
+            Err(message) => {
+                self.note(&job_id, &message).await;
+                Outcome::SpawnFailed { code: 126, message }
+            }
+        };
+        tracing::info!(job = %job_id, attempt = a.attempt, ?outcome, "job finished");
+        self.outbox
+            .finish(&job_id, result(&job_id, a.attempt, &outcome));
+        if ours
+            && !self.keep_work_dirs
+            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+        }
+    }
+
+    async fn execute(&self, exec: ExecSpec, cancel: watch::Receiver<bool>) -> Outcome {
+        let job_id = exec.job_id.clone();
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+        let executor = self.executor.clone();
+        let handle = tokio::spawn(async move { executor.run(exec, tx, cancel).await });
+        while let Some(chunk) = rx.recv().await {
+            self.outbox.push(&job_id, chunk).await;
+        }
+        match handle.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let message = format!("hodei: the executor failed: {e}");
+                self.note(&job_id, &message).await;
+                Outcome::SpawnFailed { code: 126, message }
+            }
+        }
+    }
+
+    /// Writes an agent message into the job's stderr, so users see it.
+    async fn note(&self, job_id: &str, message: &str) {
+        let chunk = OutputChunk {
+            stream: LogStream::Stderr,
+            data: format!("{message}\n").into(),
+            timestamp_ms: now_ms(),
+        };
+        self.outbox.push(job_id, chunk).await;
+    }
+}
+
+async fn prepare(dir: &PathBuf, ours: bool) -> Result<(), String> {
+    let made = if ours {
+        tokio::fs::create_dir_all(dir).await
+    } else {
+        tokio::fs::metadata(dir).await.and_then(|m| {
+            if m.is_dir() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a directory"))
+            }
+        })
+    };
+    made.map_err(|e| format!("hodei: cannot use working directory {}: {e}", dir.display()))
+}
+
+/// The wire form of an attempt's outcome.
+pub fn result(job_id: &str, attempt: u32, outcome: &Outcome) -> pb::JobResult {
+    let (kind, exit_code, signal, message) = match outcome {
+        Outcome::Exited { code } => (pb::Outcome::Exited, *code, 0, String::new()),
+        Outcome::Signaled { signal } => {
+            (pb::Outcome::Signaled, 128 + signal, *signal, String::new())
+        }
+        Outcome::Cancelled => (pb::Outcome::Cancelled, 130, 0, String::new()),
+        Outcome::TimedOut => (pb::Outcome::TimedOut, 124, 0, String::new()),
+        Outcome::SpawnFailed { code, message } => {
+            (pb::Outcome::SpawnFailed, *code, 0, message.clone())
+        }
+    };
+    pb::JobResult {
+        job_id: job_id.to_string(),
+        exit_code,
+        attempt,
+        outcome: kind as i32,
+        signal,
+        message,
+        stdout: None,
+        stderr: None,
+    }
+}

@@ -1,0 +1,293 @@
+//! The agent's connection to the orchestrator: dial out, `Attach`, say
+//! `Hello`, then take assignments and cancels while sending heartbeats, logs
+//! and results. When the connection drops the jobs keep running; the agent
+//! redials with exponential backoff and full jitter and, once back, resends
+//! everything not yet acknowledged. On drain it takes no new work, finishes
+//! what it runs, and leaves once every result is acknowledged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hwp_proto::pb;
+use hwp_proto::pb::agent_message::Body;
+use hwp_proto::pb::worker_service_client::WorkerServiceClient;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::executor::{Executor, now_ms};
+use crate::outbox::Outbox;
+use crate::runner::Runner;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Orchestrator URL, e.g. `http://127.0.0.1:50051`.
+    pub server: String,
+    /// Worker id; unique per agent.
+    pub name: String,
+    pub labels: Vec<String>,
+    pub slots: u32,
+    pub work_dir: PathBuf,
+    pub keep_work_dirs: bool,
+    /// Unacknowledged log bytes kept per job stream before output is held back.
+    pub max_unacked_bytes: u64,
+    /// Reconnect backoff bounds.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(server: impl Into<String>, name: impl Into<String>) -> AgentConfig {
+        AgentConfig {
+            server: server.into(),
+            name: name.into(),
+            labels: Vec::new(),
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            work_dir: std::env::temp_dir().join("hodei-work"),
+            keep_work_dirs: false,
+            max_unacked_bytes: 64 * 1024 * 1024,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid server URL {url:?}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("cannot create work directory {path}: {source}")]
+    WorkDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why one session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Drained: nothing left to run or report.
+    Done,
+    /// Connection failed or dropped; try again.
+    Lost(String),
+}
+
+/// Runs the agent until it is drained. `drain` turning true means: take no
+/// new work, finish the running jobs, report them, then return.
+pub async fn run(
+    config: AgentConfig,
+    executor: Arc<dyn Executor>,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let endpoint = Endpoint::from_shared(config.server.clone())
+        .map_err(|e| AgentError::BadUrl {
+            url: config.server.clone(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    tokio::fs::create_dir_all(&config.work_dir)
+        .await
+        .map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.display().to_string(),
+            source,
+        })?;
+    let outbox = Arc::new(Outbox::new(config.max_unacked_bytes));
+    let runner = Runner {
+        outbox: outbox.clone(),
+        executor,
+        work_root: config.work_dir.clone(),
+        keep_work_dirs: config.keep_work_dirs,
+    };
+    let mut failures: u32 = 0;
+    loop {
+        if *drain.borrow() && outbox.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match session(&config, &endpoint, &runner, &mut drain).await {
+            SessionEnd::Done => return Ok(()),
+            SessionEnd::Lost(why) => {
+                tracing::warn!(server = %config.server, reason = %why, "session lost; reconnecting");
+            }
+        }
+        // A session that lasted a while resets the backoff.
+        failures = if started.elapsed() > Duration::from_secs(10) {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        let delay = full_jitter(config.backoff_min, config.backoff_max, failures);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, base·2^n)].
+pub fn full_jitter(base: Duration, max: Duration, failures: u32) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << failures.min(16)).min(max);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(0..=ms.max(1)))
+}
+
+fn message(body: Body) -> pb::AgentMessage {
+    pb::AgentMessage { body: Some(body) }
+}
+
+async fn session(
+    config: &AgentConfig,
+    endpoint: &Endpoint,
+    runner: &Runner,
+    drain: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
+    };
+    let mut client = WorkerServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let outbox = &runner.outbox;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+    let hello = pb::Hello {
+        registration: Some(pb::WorkerRegistration {
+            worker_id: config.name.clone(),
+            capabilities: config.labels.clone(),
+            slots: config.slots,
+            hostname: config.name.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }),
+        labels: Vec::new(),
+        running: outbox.attempts(),
+        protocol_version: hwp_proto::PROTOCOL_VERSION,
+    };
+    if tx.send(message(Body::Hello(hello))).await.is_err() {
+        return SessionEnd::Lost("session closed before Hello".into());
+    }
+    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return SessionEnd::Lost(format!("attach refused: {}", status.message())),
+    };
+    let heartbeat = match inbound.message().await {
+        Ok(Some(pb::ServerMessage {
+            body: Some(pb::server_message::Body::Welcome(w)),
+        })) => Duration::from_millis(w.heartbeat_interval_ms.max(100)),
+        Ok(_) => return SessionEnd::Lost("server did not answer Hello with Welcome".into()),
+        Err(status) => return SessionEnd::Lost(format!("attach failed: {}", status.message())),
+    };
+    tracing::info!(server = %config.server, worker = %config.name, "attached");
+    outbox.rewind();
+    let sender = tokio::spawn(send_due(outbox.clone(), tx.clone()));
+    let beats = tokio::spawn(send_heartbeats(outbox.clone(), tx.clone(), heartbeat));
+    let mut told_drain = false;
+    let mut drain_open = true;
+    let end = loop {
+        if *drain.borrow() {
+            if !told_drain {
+                told_drain = true;
+                let _ = tx
+                    .send(message(Body::Drain(pb::Drain {
+                        reason: "agent is shutting down".into(),
+                    })))
+                    .await;
+            }
+            if outbox.is_empty() {
+                break SessionEnd::Done;
+            }
+        }
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(msg)) => {
+                    let draining = *drain.borrow();
+                    handle(msg, config, runner, &tx, draining).await;
+                }
+                Ok(None) => break SessionEnd::Lost("server closed the session".into()),
+                Err(status) => break SessionEnd::Lost(status.message().to_string()),
+            },
+            changed = drain.changed(), if drain_open && !*drain.borrow() => {
+                drain_open = changed.is_ok();
+            }
+        }
+    };
+    sender.abort();
+    beats.abort();
+    end
+}
+
+async fn handle(
+    msg: pb::ServerMessage,
+    config: &AgentConfig,
+    runner: &Runner,
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    draining: bool,
+) {
+    use pb::server_message::Body as S;
+    let Some(body) = msg.body else { return };
+    match body {
+        S::Assign(a) => {
+            let (job_id, attempt) = (a.job_id.clone(), a.attempt);
+            let refused = if draining {
+                Err("agent is draining".to_string())
+            } else if runner.outbox.running() >= config.slots as usize {
+                Err("no free slot".to_string())
+            } else {
+                tracing::info!(job = %job_id, attempt, command = ?a.command, "starting job");
+                runner.start(a)
+            };
+            if let Err(reason) = refused {
+                tracing::info!(job = %job_id, %reason, "rejecting assignment");
+                let rejected = pb::JobRejected {
+                    job_id,
+                    attempt,
+                    reason,
+                };
+                let _ = tx.send(message(Body::Rejected(rejected))).await;
+            }
+        }
+        S::Cancel(c) => {
+            if runner.outbox.cancel(&c.job_id, c.attempt) {
+                tracing::info!(job = %c.job_id, reason = %c.reason, "cancelling job");
+            }
+        }
+        S::LogAck(ack) => runner.outbox.ack_logs(&ack),
+        S::ResultAck(ack) => {
+            runner.outbox.ack_result(&ack);
+        }
+        S::Welcome(_) => {}
+    }
+}
+
+/// Sends what the outbox has due, as soon as it has it.
+async fn send_due(outbox: Arc<Outbox>, tx: mpsc::Sender<pb::AgentMessage>) {
+    loop {
+        let due = outbox.take_due(4 * 1024 * 1024);
+        if due.is_empty() {
+            outbox.ready.notified().await;
+            continue;
+        }
+        for body in due {
+            if tx.send(message(body)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn send_heartbeats(outbox: Arc<Outbox>, tx: mpsc::Sender<pb::AgentMessage>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let beat = pb::Heartbeat {
+            timestamp_ms: now_ms(),
+            running: outbox.attempts(),
+        };
+        if tx.send(message(Body::Heartbeat(beat))).await.is_err() {
+            return;
+        }
+    }
+}

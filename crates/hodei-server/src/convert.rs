@@ -1,0 +1,155 @@
+//! Conversions between HWP protobuf messages and the core's plain types, and
+//! from engine errors to gRPC statuses.
+
+use hodei_core::engine::{EngineError, ToAgent, WorkerInfo};
+use hodei_core::{Job, JobSpec, LogStream, Outcome};
+use hwp_proto::pb;
+use tonic::Status;
+
+use crate::reactor::HubError;
+
+/// The job spec carried by a seed `AssignJobRequest` plus its additions.
+pub fn spec_from_request(req: &pb::AssignJobRequest) -> JobSpec {
+    let ext = req.spec.clone().unwrap_or_default();
+    JobSpec {
+        name: req.name.clone(),
+        command: req.command.clone(),
+        image: Some(req.image.clone()).filter(|i| !i.is_empty()),
+        env: ext.env.into_iter().collect(),
+        working_dir: Some(ext.working_dir).filter(|d| !d.is_empty()),
+        timeout_ms: Some(ext.timeout_ms).filter(|t| *t > 0),
+        labels: ext.labels,
+        priority: ext.priority,
+        max_retries: ext.max_retries,
+        kill_grace_ms: Some(ext.kill_grace_ms).filter(|g| *g > 0),
+    }
+}
+
+fn spec_ext(spec: &JobSpec) -> pb::JobSpecExt {
+    pb::JobSpecExt {
+        env: spec.env.clone().into_iter().collect(),
+        working_dir: spec.working_dir.clone().unwrap_or_default(),
+        timeout_ms: spec.timeout_ms.unwrap_or_default(),
+        labels: spec.labels.clone(),
+        priority: spec.priority,
+        max_retries: spec.max_retries,
+        kill_grace_ms: spec.kill_grace_ms(),
+    }
+}
+
+pub fn log_stream(value: i32) -> Result<LogStream, Status> {
+    match pb::LogStream::try_from(value) {
+        Ok(pb::LogStream::Stdout) => Ok(LogStream::Stdout),
+        Ok(pb::LogStream::Stderr) => Ok(LogStream::Stderr),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "invalid stream: {value} is not a log stream (0 = stdout, 1 = stderr)"
+        ))),
+    }
+}
+
+/// The outcome an agent reports in a `JobResult`.
+pub fn outcome(result: &pb::JobResult) -> Result<Outcome, Status> {
+    Ok(match pb::Outcome::try_from(result.outcome) {
+        Ok(pb::Outcome::Exited) | Ok(pb::Outcome::Unspecified) => Outcome::Exited {
+            code: result.exit_code,
+        },
+        Ok(pb::Outcome::Signaled) => Outcome::Signaled {
+            signal: result.signal,
+        },
+        Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
+        Ok(pb::Outcome::TimedOut) => Outcome::TimedOut,
+        Ok(pb::Outcome::SpawnFailed) => Outcome::SpawnFailed {
+            code: result.exit_code,
+            message: result.message.clone(),
+        },
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "invalid outcome: {} is not a known outcome",
+                result.outcome
+            )));
+        }
+    })
+}
+
+/// An engine message as it goes on the wire.
+pub fn server_message(
+    msg: ToAgent,
+    session_id: &str,
+    hb_ms: u64,
+    grace_ms: u64,
+) -> pb::ServerMessage {
+    use pb::server_message::Body;
+    let body = match msg {
+        ToAgent::Welcome { worker_id } => Body::Welcome(pb::Welcome {
+            worker_id,
+            session_id: session_id.to_string(),
+            heartbeat_interval_ms: hb_ms,
+            lease_grace_ms: grace_ms,
+        }),
+        ToAgent::Assign {
+            job,
+            stdout_offset,
+            stderr_offset,
+        } => Body::Assign(assignment(&job, stdout_offset, stderr_offset)),
+        ToAgent::Cancel {
+            job_id,
+            attempt,
+            reason,
+        } => Body::Cancel(pb::CancelAssignment {
+            job_id,
+            attempt,
+            reason,
+        }),
+        ToAgent::LogAck {
+            job_id,
+            attempt,
+            offsets,
+        } => Body::LogAck(pb::LogAck {
+            job_id,
+            attempt,
+            stdout_offset: offsets[0],
+            stderr_offset: offsets[1],
+        }),
+        ToAgent::ResultAck { job_id, attempt } => {
+            Body::ResultAck(pb::ResultAck { job_id, attempt })
+        }
+    };
+    pb::ServerMessage { body: Some(body) }
+}
+
+fn assignment(job: &Job, stdout_offset: u64, stderr_offset: u64) -> pb::Assignment {
+    pb::Assignment {
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        name: job.spec.name.clone(),
+        image: job.spec.image.clone().unwrap_or_default(),
+        command: job.spec.command.clone(),
+        spec: Some(spec_ext(&job.spec)),
+        stdout_offset,
+        stderr_offset,
+    }
+}
+
+pub fn worker_status(info: &WorkerInfo) -> pb::WorkerStatus {
+    pb::WorkerStatus {
+        worker_id: info.id.clone(),
+        state: info.state.clone(),
+        slots: info.slots,
+        running: info.running.len() as u32,
+    }
+}
+
+pub fn status(err: EngineError) -> Status {
+    match &err {
+        EngineError::Invalid(_) => Status::invalid_argument(err.to_string()),
+        EngineError::NotFound(_) => Status::not_found(err.to_string()),
+        EngineError::AlreadyExists(_) => Status::already_exists(err.to_string()),
+        EngineError::FailedPrecondition(_) => Status::failed_precondition(err.to_string()),
+    }
+}
+
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Status {
+        Status::unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,282 @@
+//! Log endpoints: full download, and live follow with Server-Sent Events.
+//!
+//! A follower never misses a byte: it subscribes to change notices first,
+//! then reads from the store from its offsets, sends what it read, and only
+//! waits for a notice when the store had nothing new. It ends after the job
+//! is finished *and* a read made after seeing it finished returned nothing
+//! (results are committed after the logs that precede them).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::Stream;
+use hodei_core::LogStream;
+use hodei_core::api::{EndEvent, LogEvent};
+use hodei_core::engine::Notice;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::jobs::job_id;
+use super::{ApiError, AppState};
+use crate::store::{LogChunk, LogQuery};
+
+/// Bytes read from the store per page.
+const PAGE_BYTES: usize = 1024 * 1024;
+/// A follower re-reads the store at least this often, notices or not.
+const SAFETY_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    /// stdout | stderr | both (default).
+    stream: Option<String>,
+    /// Which attempt; default the current one (a follower moves on to the
+    /// next attempt when the job is retried).
+    attempt: Option<u32>,
+    /// Start offsets, as the SSE event id: `STDOUT:STDERR`, or one number
+    /// for a single stream. `Last-Event-ID` takes precedence.
+    from: Option<String>,
+}
+
+fn parse_stream(s: Option<&str>) -> Result<Option<LogStream>, ApiError> {
+    match s {
+        None | Some("both") | Some("") => Ok(None),
+        Some(s) => LogStream::parse(s).map(Some).ok_or_else(|| {
+            ApiError::invalid("stream", format!("{s:?} is not stdout, stderr or both"))
+        }),
+    }
+}
+
+/// Parses `STDOUT:STDERR` (or a single offset for a one-stream follow).
+fn parse_offsets(s: &str, stream: Option<LogStream>) -> Result<[u64; 2], ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "from",
+            format!("{s:?} is not an offset (N, or STDOUT:STDERR)"),
+        )
+    };
+    let mut from = [0u64; 2];
+    match (s.split_once(':'), stream) {
+        (Some((o, e)), _) => {
+            from[0] = o.trim().parse().map_err(|_| bad())?;
+            from[1] = e.trim().parse().map_err(|_| bad())?;
+        }
+        (None, Some(st)) => from[st.index()] = s.trim().parse().map_err(|_| bad())?,
+        (None, None) => return Err(bad()),
+    }
+    Ok(from)
+}
+
+fn event_id(from: [u64; 2]) -> String {
+    format!("{}:{}", from[0], from[1])
+}
+
+/// `GET /api/v1/jobs/{id}/logs`: the whole log of an attempt as raw bytes.
+pub async fn download(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<LogParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = job_id(path)?;
+    let Query(p) = params?;
+    let stream = parse_stream(p.stream.as_deref())?;
+    let job = app
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
+    let mut query = LogQuery {
+        job_id: id,
+        attempt: p.attempt.unwrap_or(job.attempt),
+        stream,
+        from: [0, 0],
+        max_bytes: PAGE_BYTES,
+    };
+    let store = app.store.clone();
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        loop {
+            let chunks = match store.read_logs(&query).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            if chunks.is_empty() {
+                return;
+            }
+            for c in chunks {
+                query.from[c.stream.index()] = c.offset + c.data.len() as u64;
+                if tx.send(Ok(c.data)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/jobs/{id}/logs/follow`: SSE events `log` ([`LogEvent`]),
+/// `attempt` (the job moved on to a new attempt; offsets restart at 0) and
+/// finally `end` ([`EndEvent`]). Event ids are `STDOUT:STDERR` offsets, so a
+/// client that reconnects with `Last-Event-ID` misses nothing.
+pub async fn follow(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<LogParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = job_id(path)?;
+    let Query(p) = params?;
+    let stream = parse_stream(p.stream.as_deref())?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(p.from);
+    let from = match resume {
+        Some(s) => parse_offsets(&s, stream)?,
+        None => [0, 0],
+    };
+    // Subscribe before the first read so no notice can slip between them.
+    let notices = app.hub.subscribe();
+    let job = app
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
+    let follower = Follower {
+        app,
+        query: LogQuery {
+            job_id: id,
+            attempt: p.attempt.unwrap_or(job.attempt),
+            stream,
+            from,
+            max_bytes: PAGE_BYTES,
+        },
+        fixed_attempt: p.attempt.is_some(),
+        notices,
+    };
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(follower.run(tx));
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+struct Follower {
+    app: AppState,
+    query: LogQuery,
+    fixed_attempt: bool,
+    notices: broadcast::Receiver<Notice>,
+}
+
+type Tx = mpsc::Sender<Result<Event, Infallible>>;
+
+impl Follower {
+    async fn run(mut self, tx: Tx) {
+        if let Err(message) = self.follow(&tx).await {
+            let _ = tx
+                .send(Ok(Event::default().event("error").data(message)))
+                .await;
+        }
+    }
+
+    async fn follow(&mut self, tx: &Tx) -> Result<(), String> {
+        loop {
+            let job = self
+                .app
+                .store
+                .get_job(&self.query.job_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("job {} not found", self.query.job_id))?;
+            let chunks = self
+                .app
+                .store
+                .read_logs(&self.query)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !chunks.is_empty() {
+                for chunk in chunks {
+                    if tx.send(Ok(self.log_event(chunk))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            if !self.fixed_attempt && job.attempt > self.query.attempt {
+                self.query.attempt = job.attempt;
+                self.query.from = [0, 0];
+                let ev = Event::default()
+                    .event("attempt")
+                    .id(event_id(self.query.from))
+                    .data(job.attempt.to_string());
+                if tx.send(Ok(ev)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if job.state.is_terminal() {
+                let end = serde_json::to_string(&EndEvent::of(&job)).map_err(|e| e.to_string())?;
+                let _ = tx.send(Ok(Event::default().event("end").data(end))).await;
+                return Ok(());
+            }
+            if tx.is_closed() {
+                return Ok(());
+            }
+            self.wait_for_change().await;
+        }
+    }
+
+    fn log_event(&mut self, chunk: LogChunk) -> Event {
+        let end = chunk.offset + chunk.data.len() as u64;
+        self.query.from[chunk.stream.index()] = end;
+        let ev = LogEvent {
+            attempt: self.query.attempt,
+            stream: chunk.stream,
+            offset: chunk.offset,
+            data: base64::engine::general_purpose::STANDARD.encode(&chunk.data),
+            timestamp_ms: chunk.timestamp_ms,
+        };
+        let data = serde_json::to_string(&ev).unwrap_or_default();
+        Event::default()
+            .event("log")
+            .id(event_id(self.query.from))
+            .data(data)
+    }
+
+    /// Waits until something happens to this job (or the safety poll).
+    async fn wait_for_change(&mut self) {
+        let deadline = tokio::time::sleep(SAFETY_POLL);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                notice = self.notices.recv() => match notice {
+                    Ok(Notice::LogAppended { job_id } | Notice::JobChanged { job_id, .. })
+                        if job_id == self.query.job_id => return,
+                    Ok(_) => {}
+                    // Missed some notices: re-read to be safe.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut deadline).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}

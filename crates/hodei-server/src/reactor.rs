@@ -1,0 +1,284 @@
+//! The reactor: the one task that owns the [`Engine`].
+//!
+//! Everything that changes state (submissions, cancels, agent reports, lease
+//! ticks) arrives here as a command. The reactor takes all commands waiting
+//! in its queue as one batch, looks up in the store the jobs the engine does
+//! not hold, feeds the batch to the engine, commits the engine's writes in
+//! one transaction, and only then sends messages to agents, replies to
+//! callers and notices to followers. A busy orchestrator therefore commits
+//! many events per fsync (group commit), and nothing is acknowledged before
+//! it is on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hodei_core::Millis;
+use hodei_core::engine::{Engine, Input, Notice, Reply, RequestId, SessionId, ToAgent};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::store::{Store, StoreError};
+
+/// Most commands taken into one batch.
+const MAX_BATCH: usize = 4096;
+/// Most log bytes taken into one batch.
+const MAX_BATCH_LOG_BYTES: usize = 32 * 1024 * 1024;
+/// How often commits are retried before the reactor gives up.
+const COMMIT_ATTEMPTS: u32 = 3;
+
+/// A command for the reactor.
+enum Command {
+    Input(Input, Option<oneshot::Sender<Reply>>),
+    /// Registers the channel of a new agent session; sent before its `Attach`.
+    OpenSession(SessionId, mpsc::UnboundedSender<ToAgent>),
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    #[error("the orchestrator is shutting down or failed; try again")]
+    Unavailable,
+}
+
+/// A cheap, cloneable handle to the reactor.
+#[derive(Clone)]
+pub struct Hub {
+    tx: mpsc::Sender<Command>,
+    notices: broadcast::Sender<Notice>,
+    ids: Arc<AtomicU64>,
+}
+
+impl Hub {
+    /// A new request id, unique for this process.
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `make(req)` and waits for its reply.
+    pub async fn request(&self, make: impl FnOnce(RequestId) -> Input) -> Result<Reply, HubError> {
+        let req = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Input(make(req), Some(tx)))
+            .await
+            .map_err(|_| HubError::Unavailable)?;
+        rx.await.map_err(|_| HubError::Unavailable)
+    }
+
+    /// Sends an input that needs no reply (agent reports).
+    pub async fn send(&self, input: Input) -> Result<(), HubError> {
+        self.tx
+            .send(Command::Input(input, None))
+            .await
+            .map_err(|_| HubError::Unavailable)
+    }
+
+    /// Opens an agent session: returns its id and the receiver of the
+    /// messages the engine sends it. Send `Input::Attach` next.
+    pub async fn open_session(
+        &self,
+    ) -> Result<(SessionId, mpsc::UnboundedReceiver<ToAgent>), HubError> {
+        let session = self.next_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.tx
+            .send(Command::OpenSession(session, tx))
+            .await
+            .map_err(|_| HubError::Unavailable)?;
+        Ok((session, rx))
+    }
+
+    /// Subscribes to job and log changes, for live followers.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Starts the reactor over a recovered engine. It runs until every [`Hub`]
+/// is dropped, and fails (stopping the orchestrator) if the store cannot
+/// commit: in-memory state that is not durable must not be acted upon.
+pub fn start(
+    engine: Engine,
+    store: Arc<dyn Store>,
+) -> (Hub, tokio::task::JoinHandle<Result<(), StoreError>>) {
+    let (tx, rx) = mpsc::channel(16 * 1024);
+    let (notices, _) = broadcast::channel(16 * 1024);
+    let hub = Hub {
+        tx,
+        notices: notices.clone(),
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let tick_every = Duration::from_millis((engine.config().lease_grace_ms / 10).clamp(50, 1000));
+    let reactor = Reactor {
+        engine,
+        store,
+        notices,
+        sessions: HashMap::new(),
+    };
+    let task = tokio::spawn(reactor.run(rx, hub.tx.downgrade(), tick_every));
+    (hub, task)
+}
+
+struct Reactor {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    notices: broadcast::Sender<Notice>,
+    sessions: HashMap<SessionId, mpsc::UnboundedSender<ToAgent>>,
+}
+
+impl Reactor {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        ticker: mpsc::WeakSender<Command>,
+        tick_every: Duration,
+    ) -> Result<(), StoreError> {
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick_every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(tx) = ticker.upgrade() else { return };
+                if tx.send(Command::Input(Input::Tick, None)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            let mut log_bytes = 0;
+            while batch.len() < MAX_BATCH && log_bytes < MAX_BATCH_LOG_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if let Command::Input(Input::Log { data, .. }, _) = &cmd {
+                            log_bytes += data.len();
+                        }
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, batch: &mut Vec<Command>) -> Result<(), StoreError> {
+        let stored = self.lookup(batch).await?;
+        let now = now_ms();
+        let mut out = hodei_core::engine::Output::default();
+        let mut waiting: Vec<(RequestId, oneshot::Sender<Reply>)> = Vec::new();
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::OpenSession(id, tx) => {
+                    self.sessions.insert(id, tx);
+                }
+                Command::Input(mut input, reply) => {
+                    if let Some(reply) = reply
+                        && let Some(req) = request_id(&input)
+                    {
+                        waiting.push((req, reply));
+                    }
+                    fill_existing(&mut input, &stored);
+                    self.engine.handle(input, now, &mut out);
+                }
+            }
+        }
+        self.engine.end_batch(now, &mut out);
+        if !out.writes.is_empty() {
+            self.commit(&out.writes).await?;
+        }
+        for (session, msg) in out.messages {
+            if let Some(tx) = self.sessions.get(&session)
+                && tx.send(msg).is_err()
+            {
+                self.sessions.remove(&session);
+            }
+        }
+        let mut replies: HashMap<RequestId, Reply> = out.replies.into_iter().collect();
+        for (req, tx) in waiting {
+            if let Some(reply) = replies.remove(&req) {
+                let _ = tx.send(reply);
+            }
+        }
+        for notice in out.notices {
+            // No subscriber is fine.
+            let _ = self.notices.send(notice);
+        }
+        for session in out.close_sessions {
+            self.sessions.remove(&session);
+        }
+        Ok(())
+    }
+
+    /// Reads from the store the jobs that submissions and cancels in this
+    /// batch name but the engine does not hold.
+    async fn lookup(
+        &self,
+        batch: &[Command],
+    ) -> Result<HashMap<String, hodei_core::Job>, StoreError> {
+        let ids: Vec<String> = batch
+            .iter()
+            .filter_map(|cmd| match cmd {
+                Command::Input(Input::Submit { id, .. } | Input::Cancel { id, .. }, _)
+                    if self.engine.needs_lookup(id) =>
+                {
+                    Some(id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let jobs = self.store.get_jobs(&ids).await?;
+        Ok(jobs.into_iter().map(|j| (j.id.clone(), j)).collect())
+    }
+
+    async fn commit(&self, writes: &hodei_core::engine::Writes) -> Result<(), StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.store.commit(writes).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "store commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store commit failed; stopping the orchestrator");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn request_id(input: &Input) -> Option<RequestId> {
+    match input {
+        Input::Submit { req, .. }
+        | Input::Cancel { req, .. }
+        | Input::Register { req, .. }
+        | Input::ListWorkers { req } => Some(*req),
+        Input::Log { req, .. } => *req,
+        _ => None,
+    }
+}
+
+fn fill_existing(input: &mut Input, stored: &HashMap<String, hodei_core::Job>) {
+    match input {
+        Input::Submit { id, existing, .. } | Input::Cancel { id, existing, .. } => {
+            *existing = stored.get(id.as_str()).cloned();
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,177 @@
+//! Starting and stopping an orchestrator: open the store, recover the
+//! engine, start the reactor, and serve gRPC (HWP) and HTTP on one port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use hodei_core::engine::{Engine, EngineConfig};
+use hwp_proto::pb::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+
+use crate::grpc::HwpService;
+use crate::http::{self, AppState};
+use crate::reactor::{self, Hub, now_ms};
+use crate::store::{SqliteStore, Store, StoreError};
+
+/// How long open streams get to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Largest gRPC message accepted; a bigger one is refused with
+/// RESOURCE_EXHAUSTED. Agents send logs in chunks of at most 1 MiB.
+const MAX_GRPC_MESSAGE: usize = 8 * 1024 * 1024;
+
+/// How to run an orchestrator.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub lease_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("hodei-data"),
+            heartbeat_interval: Duration::from_secs(5),
+            lease_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the reactor stopped unexpectedly")]
+    ReactorGone,
+}
+
+/// A started orchestrator.
+pub struct Server {
+    pub addr: SocketAddr,
+    hub: Hub,
+    listener: TcpListener,
+    app: axum::Router,
+    reactor: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+impl Server {
+    /// Opens the store, recovers every unfinished job and binds the port.
+    pub async fn start(config: &ServerConfig) -> Result<Server, ServerError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let recovery = store.recover().await?;
+        let engine_config = EngineConfig {
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            lease_grace_ms: config.lease_grace.as_millis() as u64,
+        };
+        tracing::info!(
+            unfinished = recovery.unfinished.len(),
+            workers = recovery.workers.len(),
+            data_dir = %config.data_dir.display(),
+            "recovered state from the store"
+        );
+        let engine = Engine::recover(
+            engine_config,
+            recovery.unfinished,
+            &recovery.log_ends,
+            recovery.workers,
+            recovery.max_seq,
+            now_ms(),
+        );
+        let (hub, reactor) = reactor::start(engine, store.clone());
+        let grpc = HwpService::new(
+            hub.clone(),
+            store.clone(),
+            engine_config.heartbeat_interval_ms,
+            engine_config.lease_grace_ms,
+        );
+        let grpc = WorkerServiceServer::new(grpc)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        // gRPC calls are routed by their service path; everything else is HTTP.
+        let app = http::router(AppState {
+            hub: hub.clone(),
+            store,
+        })
+        .route_service("/hwp.WorkerService/{*method}", grpc);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr()?;
+        Ok(Server {
+            addr,
+            hub,
+            listener,
+            app,
+            reactor,
+        })
+    }
+
+    /// A handle to the reactor (for in-process use, e.g. `hodei demo`).
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Serves until `shutdown` completes or the reactor fails.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            addr,
+            hub,
+            listener,
+            app,
+            mut reactor,
+        } = self;
+        tracing::info!(%addr, "hodei server listening (gRPC HWP and HTTP API)");
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful = stop_rx.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stop| *stop).await;
+        });
+        drop(hub);
+        let mut deadline = stop_rx;
+        tokio::select! {
+            served = serve => served?,
+            // Long-lived streams (agent sessions, log followers) do not end
+            // by themselves: give them a moment, then stop.
+            _ = async {
+                let _ = deadline.wait_for(|stop| *stop).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::info!("closing remaining connections"),
+            stopped = &mut reactor => {
+                return match stopped {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(ServerError::ReactorGone),
+                };
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,509 @@
+//! The SQLite store against a real database file, one temporary directory per test.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hodei_core::engine::{LogWrite, WorkerRecord, Writes};
+use hodei_core::{Job, JobSpec, JobState, LogStream};
+use hodei_server::store::{JobFilter, LogQuery, SqliteStore, Store, StoreError};
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use tempfile::TempDir;
+
+fn job(id: &str, seq: u64, state: JobState) -> Job {
+    let mut job = Job::new(
+        id.to_string(),
+        JobSpec::command(["echo", id]).normalized(),
+        seq,
+        1_000 + seq as i64,
+    );
+    job.state = state;
+    job
+}
+
+fn jobs_writes(jobs: impl IntoIterator<Item = Job>) -> Writes {
+    Writes {
+        jobs: jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
+        ..Writes::default()
+    }
+}
+
+fn log(job_id: &str, attempt: u32, stream: LogStream, offset: u64, data: &[u8]) -> LogWrite {
+    LogWrite {
+        job_id: job_id.to_string(),
+        attempt,
+        stream,
+        offset,
+        data: Bytes::copy_from_slice(data),
+        timestamp_ms: 5_000 + offset as i64,
+    }
+}
+
+fn query(
+    job_id: &str,
+    attempt: u32,
+    stream: Option<LogStream>,
+    from: [u64; 2],
+    max_bytes: usize,
+) -> LogQuery {
+    LogQuery {
+        job_id: job_id.to_string(),
+        attempt,
+        stream,
+        from,
+        max_bytes,
+    }
+}
+
+async fn raw_sql(dir: &Path, sql: &str) {
+    let options = SqliteConnectOptions::new().filename(dir.join("hodei.db"));
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn commit_and_get_round_trip_every_field() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(&dir.path().join("nested/data"))
+        .await
+        .unwrap();
+    let spec = JobSpec {
+        name: "build".into(),
+        command: vec!["cargo".into(), "build".into(), "--release".into()],
+        image: Some("rust:1.88".into()),
+        env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "two words".into())]),
+        working_dir: Some("/src".into()),
+        timeout_ms: Some(60_000),
+        labels: vec!["docker".into(), "linux".into()],
+        priority: -7,
+        max_retries: 3,
+        kill_grace_ms: Some(2_500),
+    };
+    let full = Job {
+        id: "job-1".into(),
+        spec,
+        state: JobState::Failed,
+        attempt: 3,
+        worker: Some("w-9".into()),
+        exit_code: Some(137),
+        signal: Some(9),
+        reason: Some("killed by signal".into()),
+        cancel_requested: true,
+        seq: 42,
+        created_at: 1_700_000_000_000,
+        assigned_at: Some(1_700_000_000_100),
+        started_at: Some(1_700_000_000_200),
+        finished_at: Some(1_700_000_000_300),
+    };
+    store.commit(&jobs_writes([full.clone()])).await.unwrap();
+    assert_eq!(store.get_job("job-1").await.unwrap(), Some(full.clone()));
+    assert_eq!(store.get_job("missing").await.unwrap(), None);
+    let ids = vec!["missing".to_string(), "job-1".to_string()];
+    assert_eq!(store.get_jobs(&ids).await.unwrap(), vec![full]);
+    assert_eq!(store.get_jobs(&[]).await.unwrap(), vec![]);
+    store.commit(&Writes::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn upsert_replaces_the_record() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let queued = job("a", 1, JobState::Queued);
+    store.commit(&jobs_writes([queued.clone()])).await.unwrap();
+    let mut running = queued.clone();
+    running.state = JobState::Running;
+    running.attempt = 1;
+    running.worker = Some("w1".into());
+    running.assigned_at = Some(10);
+    running.started_at = Some(11);
+    store.commit(&jobs_writes([running.clone()])).await.unwrap();
+    assert_eq!(store.get_job("a").await.unwrap(), Some(running));
+    let all = store.list_jobs(&JobFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 1);
+    let queued_list = JobFilter {
+        state: Some(JobState::Queued),
+        ..JobFilter::default()
+    };
+    assert!(store.list_jobs(&queued_list).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn list_by_state_pages_with_the_seq_cursor() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let state_of = |seq: u64| {
+        if seq.is_multiple_of(3) {
+            JobState::Running
+        } else {
+            JobState::Queued
+        }
+    };
+    let all: Vec<Job> = (1..=250)
+        .map(|seq| job(&format!("j{seq:03}"), seq, state_of(seq)))
+        .collect();
+    store.commit(&jobs_writes(all)).await.unwrap();
+
+    let mut filter = JobFilter {
+        state: Some(JobState::Queued),
+        before_seq: None,
+        limit: 30,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list_jobs(&filter).await.unwrap();
+        assert!(page.len() <= 30);
+        let Some(last) = page.last() else { break };
+        filter.before_seq = Some(last.seq);
+        assert!(page.iter().all(|j| j.state == JobState::Queued));
+        seen.extend(page.iter().map(|j| j.seq));
+    }
+    let expected: Vec<u64> = (1..=250)
+        .rev()
+        .filter(|s| state_of(*s) == JobState::Queued)
+        .collect();
+    assert_eq!(seen, expected);
+
+    let newest = store.list_jobs(&JobFilter::default()).await.unwrap();
+    assert_eq!(newest.len(), 100, "limit 0 means 100");
+    assert_eq!(newest.first().map(|j| j.seq), Some(250));
+    assert!(newest.windows(2).all(|w| w[0].seq > w[1].seq));
+    let capped = JobFilter {
+        limit: 5_000,
+        ..JobFilter::default()
+    };
+    assert_eq!(store.list_jobs(&capped).await.unwrap().len(), 250);
+    let running_before_10 = JobFilter {
+        state: Some(JobState::Running),
+        before_seq: Some(10),
+        limit: 10,
+    };
+    let seqs: Vec<u64> = store
+        .list_jobs(&running_before_10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.seq)
+        .collect();
+    assert_eq!(seqs, vec![9, 6, 3]);
+}
+
+#[tokio::test]
+async fn logs_read_in_arrival_order_and_trimmed_to_the_offset() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let mut writes = jobs_writes([job("j", 1, JobState::Running)]);
+    writes.logs = vec![
+        log("j", 1, LogStream::Stdout, 0, b"hello"),
+        log("j", 1, LogStream::Stderr, 0, b"abc"),
+        log("j", 1, LogStream::Stdout, 5, b" world"),
+        log("j", 2, LogStream::Stdout, 0, b"other attempt"),
+        log("j", 1, LogStream::Stderr, 3, b"def"),
+    ];
+    store.commit(&writes).await.unwrap();
+
+    let both = store
+        .read_logs(&query("j", 1, None, [0, 0], 1 << 20))
+        .await
+        .unwrap();
+    let got: Vec<(LogStream, u64, &[u8])> = both
+        .iter()
+        .map(|c| (c.stream, c.offset, &c.data[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (LogStream::Stdout, 0, &b"hello"[..]),
+            (LogStream::Stderr, 0, &b"abc"[..]),
+            (LogStream::Stdout, 5, &b" world"[..]),
+            (LogStream::Stderr, 3, &b"def"[..]),
+        ]
+    );
+    assert_eq!(both[0].timestamp_ms, 5_000);
+
+    let out = store
+        .read_logs(&query("j", 1, Some(LogStream::Stdout), [7, 0], 1 << 20))
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].offset, &out[0].data[..]), (7, &b"orld"[..]));
+    assert_eq!(out[0].timestamp_ms, 5_005);
+
+    let err = store
+        .read_logs(&query("j", 1, Some(LogStream::Stderr), [0, 1], 1 << 20))
+        .await
+        .unwrap();
+    let got: Vec<(u64, &[u8])> = err.iter().map(|c| (c.offset, &c.data[..])).collect();
+    assert_eq!(got, vec![(1, &b"bc"[..]), (3, &b"def"[..])]);
+
+    // Both streams, each from its own offset; a chunk ending at `from` is not returned.
+    let both = store
+        .read_logs(&query("j", 1, None, [5, 4], 1 << 20))
+        .await
+        .unwrap();
+    let got: Vec<(LogStream, u64, &[u8])> = both
+        .iter()
+        .map(|c| (c.stream, c.offset, &c.data[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (LogStream::Stdout, 5, &b" world"[..]),
+            (LogStream::Stderr, 4, &b"ef"[..])
+        ]
+    );
+
+    assert!(
+        store
+            .read_logs(&query("j", 1, None, [11, 6], 1 << 20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_logs(&query("j", 3, None, [0, 0], 1 << 20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_logs(&query("nope", 1, None, [0, 0], 1 << 20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // max_bytes 0 still returns one chunk.
+    assert_eq!(
+        store
+            .read_logs(&query("j", 1, None, [0, 0], 0))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn max_bytes_paging_reads_everything_exactly_once() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let mut writes = jobs_writes([job("p", 1, JobState::Running)]);
+    let mut expected: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut arrival = HashMap::new();
+    for i in 0..300u32 {
+        let stream = if i % 3 == 1 {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        };
+        let len = 1 + (i as usize * 7) % 41;
+        let data: Vec<u8> = (0..len).map(|k| (i as usize + k) as u8).collect();
+        let buf = &mut expected[stream.index()];
+        arrival.insert((stream, buf.len() as u64), i);
+        writes
+            .logs
+            .push(log("p", 1, stream, buf.len() as u64, &data));
+        buf.extend_from_slice(&data);
+    }
+    store.commit(&writes).await.unwrap();
+
+    for max_bytes in [0, 1, 64, 500, 1 << 20] {
+        let mut got: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let mut from = [0u64; 2];
+        let mut pages = 0;
+        let mut order = Vec::new();
+        loop {
+            let page = store
+                .read_logs(&query("p", 1, None, from, max_bytes))
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            pages += 1;
+            let bytes: usize = page.iter().map(|c| c.data.len()).sum();
+            let last = page.last().map_or(0, |c| c.data.len());
+            assert!(
+                bytes - last < max_bytes.max(1),
+                "page went on past max_bytes"
+            );
+            for chunk in page {
+                let s = chunk.stream.index();
+                order.push(arrival[&(chunk.stream, chunk.offset)]);
+                assert_eq!(chunk.offset, from[s], "contiguous, no byte twice");
+                got[s].extend_from_slice(&chunk.data);
+                from[s] = chunk.offset + chunk.data.len() as u64;
+            }
+        }
+        assert_eq!(got, expected, "max_bytes {max_bytes}");
+        assert_eq!(order, (0..300).collect::<Vec<u32>>(), "arrival order");
+        assert!(pages >= 1);
+    }
+}
+
+#[tokio::test]
+async fn recover_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let empty = store.recover().await.unwrap();
+        assert!(
+            empty.unfinished.is_empty() && empty.workers.is_empty() && empty.log_ends.is_empty()
+        );
+        assert_eq!(empty.max_seq, 0);
+
+        let queued = job("q", 3, JobState::Queued);
+        let mut assigned = job("a", 1, JobState::Assigned);
+        assigned.attempt = 1;
+        assigned.worker = Some("w1".into());
+        let mut running = job("r", 2, JobState::Running);
+        running.attempt = 2;
+        running.worker = Some("w2".into());
+        let mut done = job("d", 9, JobState::Succeeded);
+        done.attempt = 1;
+        let mut writes = jobs_writes([queued, assigned, running, done]);
+        writes.logs = vec![
+            log(
+                "r",
+                1,
+                LogStream::Stdout,
+                0,
+                b"first attempt, longer output",
+            ),
+            log("r", 2, LogStream::Stdout, 0, b"0123"),
+            log("r", 2, LogStream::Stderr, 0, b"err"),
+            log("r", 2, LogStream::Stdout, 4, b"4567"),
+            log("a", 1, LogStream::Stderr, 0, b"xy"),
+            log("d", 1, LogStream::Stdout, 0, b"finished"),
+        ];
+        for (id, slots) in [("w1", 2), ("w2", 4)] {
+            writes.workers.insert(
+                id.into(),
+                WorkerRecord {
+                    id: id.into(),
+                    labels: vec!["linux".into(), id.into()],
+                    slots,
+                    last_seen: 77,
+                },
+            );
+        }
+        store.commit(&writes).await.unwrap();
+        store.close().await;
+    }
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let rec = store.recover().await.unwrap();
+    let ids: Vec<&str> = rec.unfinished.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, vec!["a", "r", "q"], "unfinished, by seq");
+    assert_eq!(rec.unfinished[1].worker.as_deref(), Some("w2"));
+    let mut ends: Vec<_> = rec
+        .log_ends
+        .iter()
+        .map(|((id, at), e)| (id.as_str(), *at, *e))
+        .collect();
+    ends.sort();
+    assert_eq!(
+        ends,
+        vec![("a", 1, [0, 2]), ("q", 0, [0, 0]), ("r", 2, [8, 3])]
+    );
+    let workers: Vec<(&str, u32, usize)> = rec
+        .workers
+        .iter()
+        .map(|w| (w.id.as_str(), w.slots, w.labels.len()))
+        .collect();
+    assert_eq!(workers, vec![("w1", 2, 2), ("w2", 4, 2)]);
+    assert_eq!(
+        rec.workers[0].labels,
+        vec!["linux".to_string(), "w1".to_string()]
+    );
+    assert_eq!(rec.workers[0].last_seen, 77);
+    assert_eq!(rec.max_seq, 9);
+}
+
+#[tokio::test]
+async fn big_batch_commits() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let mut writes =
+        jobs_writes((1..=1_000).map(|seq| job(&format!("big-{seq}"), seq, JobState::Running)));
+    let payload = vec![b'x'; 200];
+    for i in 0..5_000u64 {
+        let id = format!("big-{}", 1 + i % 1_000);
+        writes
+            .logs
+            .push(log(&id, 0, LogStream::Stdout, (i / 1_000) * 200, &payload));
+    }
+    let started = Instant::now();
+    store.commit(&writes).await.unwrap();
+    let first = started.elapsed();
+    // The same jobs again (all updates) and another 5,000 chunks.
+    for l in &mut writes.logs {
+        l.offset += 1_000;
+    }
+    let started = Instant::now();
+    store.commit(&writes).await.unwrap();
+    let second = started.elapsed();
+    println!(
+        "commit of 1,000 jobs + 5,000 log chunks: first {first:?}, second (upserts) {second:?}"
+    );
+
+    let rec = store.recover().await.unwrap();
+    assert_eq!(rec.unfinished.len(), 1_000);
+    assert_eq!(
+        rec.log_ends.get(&("big-1".to_string(), 0)),
+        Some(&[1_000 + 4 * 200 + 200, 0])
+    );
+    assert_eq!(rec.max_seq, 1_000);
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_reported_not_panicked_on() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .commit(&jobs_writes([
+            job("bad-state", 1, JobState::Queued),
+            job("bad-spec", 2, JobState::Queued),
+        ]))
+        .await
+        .unwrap();
+    raw_sql(
+        dir.path(),
+        "UPDATE jobs SET state = 'exploded' WHERE id = 'bad-state'",
+    )
+    .await;
+    raw_sql(
+        dir.path(),
+        "UPDATE jobs SET spec = '{\"command\": 7}' WHERE id = 'bad-spec'",
+    )
+    .await;
+
+    let is_corrupt = |r: Result<_, StoreError>, id: &str| match r {
+        Err(StoreError::Corrupt { job_id, message }) => {
+            assert_eq!(job_id, id, "{message}");
+            true
+        }
+        _ => false,
+    };
+    assert!(is_corrupt(
+        store.get_job("bad-state").await.map(|_| ()),
+        "bad-state"
+    ));
+    assert!(is_corrupt(
+        store.get_job("bad-spec").await.map(|_| ()),
+        "bad-spec"
+    ));
+    assert!(is_corrupt(
+        store.list_jobs(&JobFilter::default()).await.map(|_| ()),
+        "bad-spec"
+    ));
+    assert!(is_corrupt(store.recover().await.map(|_| ()), "bad-spec"));
+    let err = store.get_job("bad-state").await.unwrap_err().to_string();
+    assert!(
+        err.contains("bad-state") && err.contains("exploded"),
+        "{err}"
+    );
+}

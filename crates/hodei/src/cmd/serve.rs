@@ -1,0 +1,115 @@
+//! `hodei server` and `hodei agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hodei_agent::AgentConfig;
+use hodei_agent::process::ProcessExecutor;
+use hodei_server::{Server, ServerConfig};
+
+use super::{DEFAULT_SERVER, parse_duration, shutdown_signal};
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address for gRPC (HWP) and HTTP.
+    #[arg(long, env = "HODEI_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Where the embedded store keeps its database.
+    #[arg(long, env = "HODEI_DATA_DIR", default_value = "hodei-data")]
+    pub data_dir: PathBuf,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How long a worker may be silent before its jobs are declared lost.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease_grace: Duration,
+}
+
+impl ServerArgs {
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            lease_grace: self.lease_grace,
+        }
+    }
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<u8> {
+    let server = Server::start(&args.config()).await?;
+    // Tests and scripts that pass port 0 read the real address from here.
+    println!("hodei server listening on http://{}", server.addr);
+    server.run(shutdown_signal()).await?;
+    Ok(0)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Orchestrator URL.
+    #[arg(long, env = "HODEI_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Worker name (its id); defaults to the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Capabilities this worker offers, matched against jobs' labels.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Jobs run at once; defaults to the number of CPUs.
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Per-job working directories are made under this one.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep per-job directories after the job ends.
+    #[arg(long)]
+    pub keep_work_dirs: bool,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_string())
+}
+
+impl AgentArgs {
+    pub fn config(&self) -> AgentConfig {
+        let name = self.name.clone().unwrap_or_else(hostname);
+        let mut config = AgentConfig::new(self.server.clone(), name.clone());
+        config.labels = self.labels.clone();
+        if let Some(slots) = self.slots {
+            config.slots = slots.max(1);
+        }
+        config.work_dir = self
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("hodei-work-{name}")));
+        config.keep_work_dirs = self.keep_work_dirs;
+        config
+    }
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
+    let config = args.config();
+    tracing::info!(server = %config.server, name = %config.name, slots = config.slots, labels = ?config.labels, "hodei agent starting");
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("draining: finishing running jobs (signal again to stop at once)");
+        let _ = drain_tx.send(true);
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting without waiting for jobs");
+        std::process::exit(130);
+    });
+    hodei_agent::run(config, Arc::new(ProcessExecutor::new()), drain_rx)
+        .await
+        .context("agent failed")?;
+    tracing::info!("agent drained; bye");
+    Ok(0)
+}
