@@ -99,7 +99,6 @@ impl StreamBox {
 #[derive(Debug)]
 struct Entry {
     attempt: u32,
-    pid: u32,
     started_sent: bool,
     streams: [StreamBox; 2],
     result: Option<pb::JobResult>,
@@ -158,7 +157,6 @@ impl Outbox {
             job_id.to_string(),
             Entry {
                 attempt,
-                pid: 0,
                 started_sent: false,
                 streams: [stream(offsets[0]), stream(offsets[1])],
                 result: None,
@@ -166,6 +164,9 @@ impl Outbox {
                 cancel: tx,
             },
         );
+        drop(jobs);
+        // `Started` is due.
+        self.ready.notify_one();
         Some(rx)
     }
 
@@ -211,13 +212,6 @@ impl Outbox {
             }
             space.await;
         }
-    }
-
-    pub fn set_pid(&self, job_id: &str, pid: u32) {
-        if let Some(e) = self.lock().get_mut(job_id) {
-            e.pid = pid;
-        }
-        self.ready.notify_one();
     }
 
     /// Records the attempt's result; it is sent after the last log byte.
@@ -302,7 +296,8 @@ impl Outbox {
                 out.push(Body::Started(pb::JobStarted {
                     job_id: id.clone(),
                     attempt: e.attempt,
-                    pid: e.pid,
+                    // The executor does not expose the pid; 0 = not reported.
+                    pid: 0,
                 }));
             }
             for stream in LogStream::BOTH {
