@@ -27,7 +27,9 @@ const MAX_BATCH_LOG_BYTES: usize = 32 * 1024 * 1024;
 /// How often commits are retried before the reactor gives up.
 const COMMIT_ATTEMPTS: u32 = 3;
 
-/// A command for the reactor.
+/// A command for the reactor. Inputs are moved through the channel once;
+/// boxing them would add an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Input(Input, Option<oneshot::Sender<Reply>>),
     /// Registers the channel of a new agent session; sent before its `Attach`.
@@ -277,7 +279,7 @@ fn request_id(input: &Input) -> Option<RequestId> {
 fn fill_existing(input: &mut Input, stored: &HashMap<String, hodei_core::Job>) {
     match input {
         Input::Submit { id, existing, .. } | Input::Cancel { id, existing, .. } => {
-            *existing = stored.get(id.as_str()).cloned();
+            *existing = stored.get(id.as_str()).cloned().map(Box::new);
         }
         _ => {}
     }

@@ -66,7 +66,7 @@ impl Engine {
         req: RequestId,
         id: String,
         spec: JobSpec,
-        existing: Option<Job>,
+        existing: Option<Box<Job>>,
         now: Millis,
         out: &mut Output,
     ) {
@@ -75,7 +75,7 @@ impl Engine {
             out.replies.push((req, Reply::Error(e.into())));
             return;
         }
-        let known = self.jobs.get(&id).map(|l| &l.job).or(existing.as_ref());
+        let known = self.jobs.get(&id).map(|l| &l.job).or(existing.as_deref());
         if let Some(job) = known {
             let reply = if job.spec == spec {
                 Reply::Submitted {
@@ -117,14 +117,14 @@ impl Engine {
         req: RequestId,
         id: String,
         reason: String,
-        existing: Option<Job>,
+        existing: Option<Box<Job>>,
         now: Millis,
         out: &mut Output,
     ) {
         if !self.jobs.contains_key(&id) {
             let reply = match existing {
                 // Already finished: cancelling is a no-op that shows the outcome.
-                Some(job) => Reply::Cancelled { job: Box::new(job) },
+                Some(job) => Reply::Cancelled { job },
                 None => Reply::Error(EngineError::NotFound(id)),
             };
             out.replies.push((req, reply));

@@ -64,14 +64,14 @@ pub enum Input {
         req: RequestId,
         id: String,
         spec: JobSpec,
-        existing: Option<Job>,
+        existing: Option<Box<Job>>,
     },
     /// A user cancels a job; `existing` as for `Submit`.
     Cancel {
         req: RequestId,
         id: String,
         reason: String,
-        existing: Option<Job>,
+        existing: Option<Box<Job>>,
     },
     /// A worker registers through the seed `RegisterWorker` RPC.
     Register {

@@ -114,7 +114,7 @@ fn submit_is_idempotent_on_id_and_spec() {
             req: 4,
             id: "old".into(),
             spec: JobSpec::command(["true"]),
-            existing: Some(stored),
+            existing: Some(Box::new(stored)),
         }],
     );
     assert!(matches!(

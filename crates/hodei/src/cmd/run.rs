@@ -112,16 +112,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     });
     let to_writer = tx.clone();
     let job_id = id.clone();
-    let follow = client.follow(&id, Duration::from_secs(30), move |ev| match ev {
-        FollowEvent::Log { stream, data, .. } => {
-            let _ = to_writer.send((stream, data));
-        }
-        FollowEvent::Attempt(n) => {
-            let note = format!("hodei: job {job_id} is running again (attempt {n})\n");
-            let _ = to_writer.send((LogStream::Stderr, note.into()));
-        }
-    });
-    tokio::pin!(follow);
+    let mut follow = Box::pin(
+        client.follow(&id, Duration::from_secs(30), move |ev| match ev {
+            FollowEvent::Log { stream, data, .. } => {
+                let _ = to_writer.send((stream, data));
+            }
+            FollowEvent::Attempt(n) => {
+                let note = format!("hodei: job {job_id} is running again (attempt {n})\n");
+                let _ = to_writer.send((LogStream::Stderr, note.into()));
+            }
+        }),
+    );
     let mut cancelled = false;
     let end = loop {
         tokio::select! {
@@ -139,6 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         }
     };
+    // Dropping the follower drops its sender; then the writer thread ends.
     drop(follow);
     drop(tx);
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;

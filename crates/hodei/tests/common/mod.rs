@@ -150,12 +150,11 @@ fn libc_sigterm() -> i32 {
     15
 }
 
-/// Sends a signal with the `kill` command (no unsafe code in tests).
+/// Sends signal number `sig` to process `pid`.
 pub fn signal(pid: i32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 /// Whether a process exists (and is not a zombie).
