@@ -129,6 +129,11 @@ impl AgentProc {
     /// exit status if it exited.
     pub fn drain(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         signal(self.child.id() as i32, libc_sigterm());
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the agent to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

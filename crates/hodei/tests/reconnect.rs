@@ -1,0 +1,102 @@
+//! Sessions that break and agents that leave: a job survives an orchestrator
+//! restart within the lease grace with its log complete and run once, and a
+//! draining agent finishes its job but takes no new one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hodei_core::api::SubmitRequest;
+use hodei_core::{JobState, LogStream};
+
+/// A job that prints `n` numbered lines, one every `every` seconds, and
+/// appends one line to `runs` each time it starts (to count executions).
+fn counting_job(n: u32, every: &str, runs: &std::path::Path) -> SubmitRequest {
+    let script = format!(
+        "echo run >> {runs}; i=1; while [ $i -le {n} ]; do echo line-$i; i=$((i+1)); sleep {every}; done",
+        runs = runs.display()
+    );
+    SubmitRequest {
+        command: vec!["sh".into(), "-c".into(), script],
+        ..SubmitRequest::default()
+    }
+}
+
+fn expected_lines(n: u32) -> String {
+    (1..=n).map(|i| format!("line-{i}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let mut server = ServerProc::start(&data, &["--lease-grace", "20s", "--heartbeat-interval", "1s"]);
+    let addr = server.addr().to_string();
+    let _agent = AgentProc::start(&server.url, "survivor", &dir.path().join("work"), &["--slots", "1"]);
+    let client = server.client();
+    wait_workers_ready(&client, 1).await;
+
+    let runs = dir.path().join("runs");
+    let id = client.submit(&counting_job(40, "0.1", &runs)).await.expect("submit").job.id;
+    // Wait until part of the output is stored, then crash the orchestrator.
+    wait_for(Duration::from_secs(10), "some output", || async {
+        let log = client.logs(&id, Some(LogStream::Stdout)).await.ok()?;
+        (log.len() > 20).then_some(())
+    })
+    .await;
+    server.kill();
+
+    // Restart on the same port and data directory: the agent redials.
+    let server = ServerProc::start_on(&data, &addr, &["--lease-grace", "20s", "--heartbeat-interval", "1s"]);
+    let client = server.client();
+    let job = wait_for(Duration::from_secs(30), "the job to finish", || async {
+        let job = client.job(&id).await.ok()?;
+        job.state.is_terminal().then_some(job)
+    })
+    .await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempt, 1, "the job must not have been re-run");
+    let log = client.logs(&id, Some(LogStream::Stdout)).await.expect("log");
+    assert_eq!(String::from_utf8_lossy(&log), expected_lines(40), "every line exactly once, in order");
+    let started = std::fs::read_to_string(&runs).expect("runs file");
+    assert_eq!(started.lines().count(), 1, "the process ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_agent_finishes_its_job_and_takes_no_new_one() {
+    let dir = tempdir();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let mut agent = AgentProc::start(&server.url, "drainer", &dir.path().join("work"), &["--slots", "2"]);
+    let client = server.client();
+    wait_workers_ready(&client, 1).await;
+
+    let runs = dir.path().join("runs");
+    let id = client.submit(&counting_job(10, "0.1", &runs)).await.expect("submit").job.id;
+    wait_for(Duration::from_secs(10), "the job to run", || async {
+        (client.job(&id).await.ok()?.state == JobState::Running).then_some(())
+    })
+    .await;
+    signal(agent.pid(), 15);
+    wait_for(Duration::from_secs(10), "the worker to drain", || async {
+        let workers = client.workers().await.ok()?;
+        workers.iter().any(|w| w.state == "draining").then_some(())
+    })
+    .await;
+    let later = client
+        .submit(&SubmitRequest {
+            command: vec!["true".into()],
+            ..SubmitRequest::default()
+        })
+        .await
+        .expect("submit")
+        .job
+        .id;
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("agent exits after draining");
+    assert!(status.success(), "agent exit status {status:?}");
+    let job = client.job(&id).await.expect("job");
+    assert_eq!(job.state, JobState::Succeeded);
+    let log = client.logs(&id, Some(LogStream::Stdout)).await.expect("log");
+    assert_eq!(String::from_utf8_lossy(&log), expected_lines(10));
+    assert_eq!(client.job(&later).await.expect("job").state, JobState::Queued);
+}
