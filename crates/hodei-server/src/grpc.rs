@@ -18,6 +18,26 @@ use crate::convert;
 use crate::reactor::{Hub, now_ms};
 use crate::store::Store;
 
+/// Largest log entry accepted. Agents send at most 1 MiB at a time.
+pub const MAX_LOG_ENTRY: usize = 4 * 1024 * 1024;
+
+/// The raw bytes of a log entry, refused when over [`MAX_LOG_ENTRY`].
+fn log_bytes(entry: &mut pb::LogEntry) -> Result<Bytes, Status> {
+    let data = if entry.bytes.is_empty() {
+        Bytes::from(std::mem::take(&mut entry.data).into_bytes())
+    } else {
+        std::mem::take(&mut entry.bytes)
+    };
+    if data.len() > MAX_LOG_ENTRY {
+        return Err(Status::resource_exhausted(format!(
+            "log entry for job {} is too large: {} bytes; the limit is {MAX_LOG_ENTRY}",
+            entry.job_id,
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
 /// The orchestrator's implementation of `hwp.WorkerService`.
 #[derive(Clone)]
 pub struct HwpService {
@@ -109,14 +129,10 @@ impl WorkerService for HwpService {
     ) -> Result<Response<pb::Empty>, Status> {
         let mut entries = request.into_inner();
         while let Some(entry) = entries.next().await {
-            let entry = entry?;
+            let mut entry = entry?;
             validate_job_id(&entry.job_id).map_err(invalid)?;
             let stream = convert::log_stream(entry.stream)?;
-            let data = if entry.bytes.is_empty() {
-                Bytes::from(entry.data.into_bytes())
-            } else {
-                entry.bytes
-            };
+            let data = log_bytes(&mut entry)?;
             let job_id = entry.job_id;
             let reply = self
                 .hub
@@ -293,8 +309,9 @@ async fn pump_reports(
                 attempt: r.attempt,
                 reason: r.reason,
             },
-            Body::Log(entry) => {
+            Body::Log(mut entry) => {
                 let stream = convert::log_stream(entry.stream)?;
+                let data = log_bytes(&mut entry)?;
                 Input::Log {
                     session: Some(session),
                     req: None,
@@ -302,11 +319,7 @@ async fn pump_reports(
                     attempt: entry.attempt,
                     stream,
                     offset: Some(entry.offset),
-                    data: if entry.bytes.is_empty() {
-                        Bytes::from(entry.data.into_bytes())
-                    } else {
-                        entry.bytes
-                    },
+                    data,
                     timestamp_ms: entry.timestamp_ms,
                 }
             }

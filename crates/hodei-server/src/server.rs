@@ -19,9 +19,11 @@ use crate::store::{SqliteStore, Store, StoreError};
 /// How long open streams get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Largest gRPC message accepted; a bigger one is refused with
-/// RESOURCE_EXHAUSTED. Agents send logs in chunks of at most 1 MiB.
-const MAX_GRPC_MESSAGE: usize = 8 * 1024 * 1024;
+/// Largest gRPC message the transport decodes (tonic refuses bigger ones
+/// with OUT_OF_RANGE). Each handler applies its own, smaller limits with a
+/// precise status: log entries over [`crate::grpc::MAX_LOG_ENTRY`] are
+/// RESOURCE_EXHAUSTED, oversized spec fields INVALID_ARGUMENT.
+const MAX_GRPC_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// How to run an orchestrator.
 #[derive(Debug, Clone)]

@@ -435,6 +435,8 @@ async fn interrupting_hodei_run_cancels_the_job() {
         .expect("hodei run exits after SIGINT")
         .unwrap();
     expect_code(&out, 130, "hodei run after SIGINT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cancelling job interrupted"), "{err:?}");
     let job = c.client.job("interrupted").await.unwrap();
     assert_eq!(job.state, JobState::Cancelled, "{job:?}");
     wait_gone(&[job_pid], "the job's process to die").await;
@@ -522,6 +524,11 @@ async fn jobs_run_only_on_workers_with_their_labels() {
     let job = c.client.job(&green).await.unwrap();
     assert_eq!(job.state, JobState::Queued, "{job:?}");
     assert_eq!(job.worker, None, "{job:?}");
+    // Cancelling it ends it at once: no worker holds it.
+    let out = c.cli(&["cancel", &green]).await;
+    expect_code(&out, 0, "hodei cancel");
+    let job = c.client.job(&green).await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
 }
 
 // 8. Slots.

@@ -31,14 +31,27 @@ fn expected_lines(n: u32) -> String {
 async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
     let dir = tempdir();
     let data = dir.path().join("data");
-    let mut server = ServerProc::start(&data, &["--lease-grace", "20s", "--heartbeat-interval", "1s"]);
+    let mut server = ServerProc::start(
+        &data,
+        &["--lease-grace", "20s", "--heartbeat-interval", "1s"],
+    );
     let addr = server.addr().to_string();
-    let _agent = AgentProc::start(&server.url, "survivor", &dir.path().join("work"), &["--slots", "1"]);
+    let _agent = AgentProc::start(
+        &server.url,
+        "survivor",
+        &dir.path().join("work"),
+        &["--slots", "1"],
+    );
     let client = server.client();
     wait_workers_ready(&client, 1).await;
 
     let runs = dir.path().join("runs");
-    let id = client.submit(&counting_job(40, "0.1", &runs)).await.expect("submit").job.id;
+    let id = client
+        .submit(&counting_job(40, "0.1", &runs))
+        .await
+        .expect("submit")
+        .job
+        .id;
     // Wait until part of the output is stored, then crash the orchestrator.
     wait_for(Duration::from_secs(10), "some output", || async {
         let log = client.logs(&id, Some(LogStream::Stdout)).await.ok()?;
@@ -48,7 +61,11 @@ async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
     server.kill();
 
     // Restart on the same port and data directory: the agent redials.
-    let server = ServerProc::start_on(&data, &addr, &["--lease-grace", "20s", "--heartbeat-interval", "1s"]);
+    let server = ServerProc::start_on(
+        &data,
+        &addr,
+        &["--lease-grace", "20s", "--heartbeat-interval", "1s"],
+    );
     let client = server.client();
     let job = wait_for(Duration::from_secs(30), "the job to finish", || async {
         let job = client.job(&id).await.ok()?;
@@ -57,8 +74,15 @@ async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
     .await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(job.attempt, 1, "the job must not have been re-run");
-    let log = client.logs(&id, Some(LogStream::Stdout)).await.expect("log");
-    assert_eq!(String::from_utf8_lossy(&log), expected_lines(40), "every line exactly once, in order");
+    let log = client
+        .logs(&id, Some(LogStream::Stdout))
+        .await
+        .expect("log");
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        expected_lines(40),
+        "every line exactly once, in order"
+    );
     let started = std::fs::read_to_string(&runs).expect("runs file");
     assert_eq!(started.lines().count(), 1, "the process ran once");
 }
@@ -67,12 +91,22 @@ async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
 async fn a_draining_agent_finishes_its_job_and_takes_no_new_one() {
     let dir = tempdir();
     let server = ServerProc::start(&dir.path().join("data"), &[]);
-    let mut agent = AgentProc::start(&server.url, "drainer", &dir.path().join("work"), &["--slots", "2"]);
+    let mut agent = AgentProc::start(
+        &server.url,
+        "drainer",
+        &dir.path().join("work"),
+        &["--slots", "2"],
+    );
     let client = server.client();
     wait_workers_ready(&client, 1).await;
 
     let runs = dir.path().join("runs");
-    let id = client.submit(&counting_job(10, "0.1", &runs)).await.expect("submit").job.id;
+    let id = client
+        .submit(&counting_job(10, "0.1", &runs))
+        .await
+        .expect("submit")
+        .job
+        .id;
     wait_for(Duration::from_secs(10), "the job to run", || async {
         (client.job(&id).await.ok()?.state == JobState::Running).then_some(())
     })
@@ -92,11 +126,19 @@ async fn a_draining_agent_finishes_its_job_and_takes_no_new_one() {
         .expect("submit")
         .job
         .id;
-    let status = agent.wait_exit(Duration::from_secs(20)).expect("agent exits after draining");
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent exits after draining");
     assert!(status.success(), "agent exit status {status:?}");
     let job = client.job(&id).await.expect("job");
     assert_eq!(job.state, JobState::Succeeded);
-    let log = client.logs(&id, Some(LogStream::Stdout)).await.expect("log");
+    let log = client
+        .logs(&id, Some(LogStream::Stdout))
+        .await
+        .expect("log");
     assert_eq!(String::from_utf8_lossy(&log), expected_lines(10));
-    assert_eq!(client.job(&later).await.expect("job").state, JobState::Queued);
+    assert_eq!(
+        client.job(&later).await.expect("job").state,
+        JobState::Queued
+    );
 }

@@ -174,6 +174,24 @@ async fn assign_job_creates_idempotently_and_the_job_runs() {
         client.job("seed-1").await.expect("job").state,
         JobState::Succeeded
     );
+
+    // A finished job's log is closed, and cancelling it is a no-op.
+    let err = seed
+        .stream_logs(tokio_stream::iter(vec![log_entry("seed-1", "late\n")]))
+        .await
+        .expect_err("logs for a finished job must be refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    seed.cancel_job(pb::CancelJobRequest {
+        job_id: "seed-1".into(),
+    })
+    .await
+    .expect("CancelJob of a finished job");
+    let job = client.job("seed-1").await.expect("job");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(
+        &client.logs("seed-1", None).await.expect("logs")[..],
+        b"seed\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

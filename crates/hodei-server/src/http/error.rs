@@ -100,16 +100,34 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-            "unsupported_media_type"
-        } else {
-            "invalid_argument"
+        let (status, code) = match &r {
+            // Well-formed JSON of the wrong shape is a bad request like any
+            // other (axum would say 422).
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            other => (other.status(), "invalid_argument"),
         };
-        ApiError::new(status, code, r.body_text())
+        let mut err = ApiError::new(status, code, r.body_text());
+        err.body.field = unknown_field(&err.body.message);
+        err
     }
+}
+
+/// The field serde names in "unknown field `x`" or "missing field `x`".
+fn unknown_field(message: &str) -> Option<String> {
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| {
+            let rest = &message[message.find(prefix)? + prefix.len()..];
+            Some(rest[..rest.find('`')?].to_string())
+        })
 }
 
 impl From<QueryRejection> for ApiError {

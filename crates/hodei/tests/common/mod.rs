@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 pub use hodei_client::Client;
 
+/// Log level of the processes under test: `HODEI_TEST_LOG`, default `warn`
+/// (set `HODEI_TEST_LOG=debug` to see what the server and agents do).
+pub fn test_log_level() -> String {
+    std::env::var("HODEI_TEST_LOG").unwrap_or_else(|_| "warn".to_string())
+}
+
 /// The `hodei` binary under test.
 pub fn hodei() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hodei"))
@@ -35,7 +41,7 @@ impl ServerProc {
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("HODEI_LOG", "info")
+            .env("HODEI_LOG", test_log_level())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -104,7 +110,7 @@ impl AgentProc {
             .args(["agent", "--server", url, "--name", name, "--work-dir"])
             .arg(work_dir)
             .args(extra)
-            .env("HODEI_LOG", "info")
+            .env("HODEI_LOG", test_log_level())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
