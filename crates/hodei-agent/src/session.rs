@@ -258,6 +258,8 @@ async fn handle(
             runner.outbox.ack_result(&ack);
         }
         S::Welcome(_) => {}
+        // Minimal handling; the session ends when the server closes the stream.
+        S::Shutdown(_) => {}
     }
 }
 

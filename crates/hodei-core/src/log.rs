@@ -36,6 +36,23 @@ impl LogStream {
     }
 }
 
+/// The size and crc32c of everything in one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamTotal {
+    pub bytes: u64,
+    pub crc32c: u32,
+}
+
+impl StreamTotal {
+    /// The total after appending `data`.
+    pub fn append(self, data: &[u8]) -> StreamTotal {
+        StreamTotal {
+            bytes: self.bytes + data.len() as u64,
+            crc32c: crc32c::crc32c_append(self.crc32c, data),
+        }
+    }
+}
+
 /// What to do with a chunk `[offset, offset + len)` when `persisted` bytes of
 /// its stream are already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +94,15 @@ mod tests {
         assert_eq!(fit_chunk(10, 2, 3), ChunkFit::Duplicate);
         assert_eq!(fit_chunk(10, 11, 3), ChunkFit::Gap { missing_from: 10 });
         assert_eq!(fit_chunk(10, 10, 0), ChunkFit::Duplicate);
+    }
+
+    #[test]
+    fn totals_compose() {
+        let whole = StreamTotal::default().append(b"hello world");
+        let parts = StreamTotal::default().append(b"hello ").append(b"world");
+        assert_eq!(whole, parts);
+        assert_eq!(whole.bytes, 11);
+        assert_eq!(whole.crc32c, crc32c::crc32c(b"hello world"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! from engine errors to gRPC statuses.
 
 use hodei_core::engine::{EngineError, ToAgent, WorkerInfo};
+use hodei_core::log::StreamTotal;
 use hodei_core::{Job, JobSpec, LogStream, Outcome};
 use hwp_proto::pb;
 use tonic::Status;
@@ -104,15 +105,23 @@ pub fn server_message(
             job_id,
             attempt,
             offsets,
+            resend,
         } => Body::LogAck(pb::LogAck {
             job_id,
             attempt,
             stdout_offset: offsets[0],
             stderr_offset: offsets[1],
+            resend,
         }),
         ToAgent::ResultAck { job_id, attempt } => {
             Body::ResultAck(pb::ResultAck { job_id, attempt })
         }
+        ToAgent::Shutdown {
+            reconnect_within_ms,
+        } => Body::Shutdown(pb::Shutdown {
+            reason: "the orchestrator is shutting down".into(),
+            reconnect_within_ms,
+        }),
     };
     pb::ServerMessage { body: Some(body) }
 }
@@ -128,6 +137,18 @@ fn assignment(job: &Job, stdout_offset: u64, stderr_offset: u64) -> pb::Assignme
         stdout_offset,
         stderr_offset,
     }
+}
+
+/// The stream totals an agent reports with a result, if it reports both.
+pub fn totals(result: &pb::JobResult) -> Option<[StreamTotal; 2]> {
+    let total = |s: &pb::StreamSummary| StreamTotal {
+        bytes: s.bytes,
+        crc32c: s.crc32c,
+    };
+    Some([
+        total(result.stdout.as_ref()?),
+        total(result.stderr.as_ref()?),
+    ])
 }
 
 pub fn worker_status(info: &WorkerInfo) -> pb::WorkerStatus {

@@ -326,6 +326,7 @@ async fn pump_reports(
             Body::Result(result) => Input::Result {
                 session,
                 outcome: convert::outcome(&result)?,
+                totals: convert::totals(&result),
                 job_id: result.job_id,
                 attempt: result.attempt,
             },

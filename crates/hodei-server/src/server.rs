@@ -1,20 +1,25 @@
 //! Starting and stopping an orchestrator: open the store, recover the
 //! engine, start the reactor, and serve gRPC (HWP) and HTTP on one port.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use hodei_core::engine::{Engine, EngineConfig};
+use hodei_core::engine::{Engine, EngineConfig, Input};
 use hwp_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 
 use crate::grpc::HwpService;
 use crate::http::{self, AppState};
 use crate::reactor::{self, Hub, now_ms};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{LogQuery, SqliteStore, Store, StoreError};
+use hodei_core::log::StreamTotal;
+
+/// Agents told of a shutdown redial within this window, spread at random.
+const AGENT_RECONNECT_SPREAD_MS: u64 = 5_000;
 
 /// How long open streams get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -60,6 +65,39 @@ pub enum ServerError {
     ReactorGone,
 }
 
+/// Size and checksum of the stored log of each unfinished attempt, read back
+/// from the store, so that results reported after a restart are verified
+/// against everything stored, not only what arrived since.
+async fn stored_totals(
+    store: &dyn Store,
+    log_ends: &HashMap<(String, u32), [u64; 2]>,
+) -> Result<HashMap<(String, u32), [StreamTotal; 2]>, StoreError> {
+    let mut totals = HashMap::new();
+    for ((job_id, attempt), ends) in log_ends {
+        let mut sums = [StreamTotal::default(); 2];
+        let mut query = LogQuery {
+            job_id: job_id.clone(),
+            attempt: *attempt,
+            stream: None,
+            from: [0, 0],
+            max_bytes: 4 * 1024 * 1024,
+        };
+        while query.from != *ends {
+            let chunks = store.read_logs(&query).await?;
+            if chunks.is_empty() {
+                break;
+            }
+            for chunk in chunks {
+                let i = chunk.stream.index();
+                sums[i] = sums[i].append(&chunk.data);
+                query.from[i] = chunk.offset + chunk.data.len() as u64;
+            }
+        }
+        totals.insert((job_id.clone(), *attempt), sums);
+    }
+    Ok(totals)
+}
+
 /// A started orchestrator.
 pub struct Server {
     pub addr: SocketAddr,
@@ -84,10 +122,11 @@ impl Server {
             data_dir = %config.data_dir.display(),
             "recovered state from the store"
         );
+        let totals = stored_totals(store.as_ref(), &recovery.log_ends).await?;
         let engine = Engine::recover(
             engine_config,
             recovery.unfinished,
-            &recovery.log_ends,
+            &totals,
             recovery.workers,
             recovery.max_seq,
             now_ms(),
@@ -151,13 +190,23 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
+            tracing::info!(
+                "shutting down: refusing new connections, telling agents to reconnect later"
+            );
+            // Agents end their sessions and redial with jitter; their jobs
+            // keep running, and nothing they sent is lost: only what was
+            // committed was acknowledged.
+            let _ = hub
+                .send(Input::Shutdown {
+                    reconnect_within_ms: AGENT_RECONNECT_SPREAD_MS,
+                })
+                .await;
             let _ = stop_tx.send(true);
         });
         let mut graceful = stop_rx.clone();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|stop| *stop).await;
         });
-        drop(hub);
         let mut deadline = stop_rx;
         tokio::select! {
             served = serve => served?,

@@ -6,7 +6,7 @@ use super::{
     Engine, EngineError, LiveJob, LogWrite, Notice, Output, Reply, RequestId, SessionId, ToAgent,
 };
 use crate::job::{Job, JobEvent, JobState, Millis, Outcome, TransitionError, transition};
-use crate::log::{ChunkFit, LogStream, fit_chunk};
+use crate::log::{ChunkFit, LogStream, StreamTotal, fit_chunk};
 use crate::spec::{JobSpec, validate_job_id};
 
 impl Engine {
@@ -29,7 +29,7 @@ impl Engine {
         let before = live.job.clone();
         let after = transition(&before, &event, now)?;
         if after.attempt != before.attempt {
-            live.persisted = [0, 0];
+            live.stored = Default::default();
         }
         live.job = after.clone();
         let state = after.state;
@@ -107,7 +107,7 @@ impl Engine {
             id,
             LiveJob {
                 job,
-                persisted: [0, 0],
+                stored: Default::default(),
             },
         );
     }
@@ -242,7 +242,9 @@ impl Engine {
                 // A stale attempt's bytes are dropped; its process is told to stop.
                 return self.fence(session, job_id, attempt, out);
             }
-            self.pending_acks.insert((session, job_id.clone()));
+            self.pending_acks
+                .entry((session, job_id.clone()))
+                .or_insert(false);
         }
         let Some(live) = self.jobs.get_mut(&job_id) else {
             reply(out, Reply::Error(EngineError::NotFound(job_id)));
@@ -253,7 +255,8 @@ impl Engine {
         } else {
             live.job.attempt
         };
-        let persisted = live.persisted[stream.index()];
+        let stored = live.stored[stream.index()];
+        let persisted = stored.bytes;
         let skip = match fit_chunk(persisted, offset.unwrap_or(persisted), data.len()) {
             ChunkFit::Append { skip } => skip,
             ChunkFit::Duplicate => {
@@ -262,14 +265,17 @@ impl Engine {
             }
             ChunkFit::Gap { .. } => {
                 // Bytes before this chunk are missing. Nothing is stored; the
-                // acknowledgement at the end of the batch tells the agent
-                // where to resend from.
+                // acknowledgement at the end of the batch asks the agent to
+                // resend from what is stored.
+                if let Some(session) = session {
+                    self.pending_acks.insert((session, job_id), true);
+                }
                 reply(out, Reply::LogAppended);
                 return;
             }
         };
         let data = data.slice(skip..);
-        live.persisted[stream.index()] = persisted + data.len() as u64;
+        live.stored[stream.index()] = stored.append(&data);
         out.writes.logs.push(LogWrite {
             job_id: job_id.clone(),
             attempt,
@@ -282,23 +288,73 @@ impl Engine {
         reply(out, Reply::LogAppended);
     }
 
+    /// Records an attempt's result, after checking the stored log against
+    /// the totals the agent reports. Bytes missing: the result waits and the
+    /// agent is asked to resend from what is stored (it sends the result
+    /// again after them). Same size but another checksum: the result is
+    /// recorded and the mismatch is noted in the job's reason.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn result(
         &mut self,
         session: SessionId,
         job_id: String,
         attempt: u32,
         outcome: Outcome,
+        totals: Option<[StreamTotal; 2]>,
         now: Millis,
         out: &mut Output,
     ) {
         self.touch(session, now);
         if self.owns(session, &job_id, attempt) {
-            // Logs come before the result on the same stream, so the ack of
-            // the result also covers them.
-            let _ = self.apply(&job_id, JobEvent::Finished { attempt, outcome }, now, out);
+            let stored = self.jobs.get(&job_id).map(|l| l.stored).unwrap_or_default();
+            if let Some(totals) = totals {
+                if stored.iter().zip(&totals).any(|(s, t)| s.bytes < t.bytes) {
+                    self.pending_acks.insert((session, job_id), true);
+                    return;
+                }
+                let mismatch = check_totals(&stored, &totals);
+                let _ = self.apply(&job_id, JobEvent::Finished { attempt, outcome }, now, out);
+                if let Some(note) = mismatch {
+                    self.note(&job_id, &note, out);
+                }
+            } else {
+                let _ = self.apply(&job_id, JobEvent::Finished { attempt, outcome }, now, out);
+            }
         }
         // Recorded now or earlier, or stale: either way the agent may forget it.
         out.messages
             .push((session, ToAgent::ResultAck { job_id, attempt }));
     }
+
+    /// Adds `note` to a job's recorded reason.
+    fn note(&mut self, job_id: &str, note: &str, out: &mut Output) {
+        if let Some(live) = self.jobs.get_mut(job_id) {
+            let reason = match live.job.reason.take() {
+                Some(r) => format!("{r}; {note}"),
+                None => note.to_string(),
+            };
+            live.job.reason = Some(reason);
+            out.writes.jobs.insert(job_id.to_string(), live.job.clone());
+        }
+    }
+}
+
+/// Describes how the stored log differs from what the agent produced.
+fn check_totals(stored: &[StreamTotal; 2], reported: &[StreamTotal; 2]) -> Option<String> {
+    let diffs: Vec<String> = LogStream::BOTH
+        .iter()
+        .filter(|s| stored[s.index()] != reported[s.index()])
+        .map(|s| {
+            let (a, b) = (stored[s.index()], reported[s.index()]);
+            format!(
+                "{} log differs from the agent's: stored {} bytes (crc32c {:08x}), produced {} bytes (crc32c {:08x})",
+                s.as_str(),
+                a.bytes,
+                a.crc32c,
+                b.bytes,
+                b.crc32c
+            )
+        })
+        .collect();
+    (!diffs.is_empty()).then(|| diffs.join("; "))
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState, Millis, Outcome};
-use crate::log::LogStream;
+use crate::log::{LogStream, StreamTotal};
 use crate::scheduler::{QueueKey, QueuedJob};
 use crate::spec::{InvalidInput, JobSpec};
 
@@ -132,9 +132,16 @@ pub enum Input {
         job_id: String,
         attempt: u32,
         outcome: Outcome,
+        /// What the agent produced on (stdout, stderr), to verify the stored
+        /// log against; `None` when the agent did not say.
+        totals: Option<[StreamTotal; 2]>,
     },
     /// Time passes: leases are checked.
     Tick,
+    /// The orchestrator is stopping: every agent is told to reconnect later.
+    Shutdown {
+        reconnect_within_ms: u64,
+    },
 }
 
 /// A message to one agent session.
@@ -157,10 +164,16 @@ pub enum ToAgent {
         job_id: String,
         attempt: u32,
         offsets: [u64; 2],
+        /// Bytes from `offsets` on are missing: send them again.
+        resend: bool,
     },
     ResultAck {
         job_id: String,
         attempt: u32,
+    },
+    /// The orchestrator is stopping; reconnect within this many ms.
+    Shutdown {
+        reconnect_within_ms: u64,
     },
 }
 
@@ -262,12 +275,12 @@ pub struct Output {
     pub close_sessions: Vec<SessionId>,
 }
 
-/// A job that is not finished, and the log bytes of its current attempt
-/// that are stored.
+/// A job that is not finished, and what of its current attempt's log is
+/// stored (size and checksum per stream).
 #[derive(Debug, Clone)]
 struct LiveJob {
     job: Job,
-    persisted: [u64; 2],
+    stored: [StreamTotal; 2],
 }
 
 /// A worker known to the engine.
@@ -291,8 +304,9 @@ pub struct Engine {
     workers: BTreeMap<String, Worker>,
     sessions: HashMap<SessionId, String>,
     next_seq: u64,
-    /// Sessions and jobs whose log acknowledgement is due at the end of the batch.
-    pending_acks: BTreeSet<(SessionId, String)>,
+    /// Sessions and jobs whose log acknowledgement is due at the end of the
+    /// batch, and whether it asks for a resend.
+    pending_acks: BTreeMap<(SessionId, String), bool>,
     /// Jobs that ended in this batch; dropped from memory at its end.
     finished: Vec<String>,
 }
@@ -307,7 +321,7 @@ impl Engine {
             workers: BTreeMap::new(),
             sessions: HashMap::new(),
             next_seq: 1,
-            pending_acks: BTreeSet::new(),
+            pending_acks: BTreeMap::new(),
             finished: Vec::new(),
         }
     }
@@ -320,7 +334,7 @@ impl Engine {
     pub fn recover(
         config: EngineConfig,
         unfinished: Vec<Job>,
-        log_ends: &HashMap<(String, u32), [u64; 2]>,
+        log_ends: &HashMap<(String, u32), [StreamTotal; 2]>,
         workers: Vec<WorkerRecord>,
         max_seq: u64,
         now: Millis,
@@ -341,7 +355,7 @@ impl Engine {
             );
         }
         for job in unfinished {
-            let persisted = log_ends
+            let stored = log_ends
                 .get(&(job.id.clone(), job.attempt))
                 .copied()
                 .unwrap_or_default();
@@ -361,9 +375,7 @@ impl Engine {
                     worker.last_seen = now;
                 }
             }
-            engine
-                .jobs
-                .insert(job.id.clone(), LiveJob { job, persisted });
+            engine.jobs.insert(job.id.clone(), LiveJob { job, stored });
         }
         engine
     }
@@ -459,8 +471,22 @@ impl Engine {
                 job_id,
                 attempt,
                 outcome,
-            } => self.result(session, job_id, attempt, outcome, now, out),
+                totals,
+            } => self.result(session, job_id, attempt, outcome, totals, now, out),
             Input::Tick => self.expire_leases(now, out),
+            Input::Shutdown {
+                reconnect_within_ms,
+            } => {
+                for session in self.sessions.keys() {
+                    out.messages.push((
+                        *session,
+                        ToAgent::Shutdown {
+                            reconnect_within_ms,
+                        },
+                    ));
+                    out.close_sessions.push(*session);
+                }
+            }
         }
     }
 
@@ -468,14 +494,15 @@ impl Engine {
     /// acknowledgements and drops finished jobs from memory.
     pub fn end_batch(&mut self, now: Millis, out: &mut Output) {
         self.dispatch(now, out);
-        for (session, job_id) in std::mem::take(&mut self.pending_acks) {
+        for ((session, job_id), resend) in std::mem::take(&mut self.pending_acks) {
             if let Some(live) = self.jobs.get(&job_id) {
                 out.messages.push((
                     session,
                     ToAgent::LogAck {
                         job_id,
                         attempt: live.job.attempt,
-                        offsets: live.persisted,
+                        offsets: [live.stored[0].bytes, live.stored[1].bytes],
+                        resend,
                     },
                 ));
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::log::StreamTotal;
 
 const GRACE: u64 = 30_000;
 
@@ -67,7 +68,15 @@ fn result(session: SessionId, job: &str, attempt: u32, code: i32) -> Input {
         job_id: job.into(),
         attempt,
         outcome: Outcome::Exited { code },
+        totals: None,
     }
+}
+
+fn totals(stdout: &[u8], stderr: &[u8]) -> Option<[StreamTotal; 2]> {
+    Some([
+        StreamTotal::default().append(stdout),
+        StreamTotal::default().append(stderr),
+    ])
 }
 
 #[test]
@@ -250,7 +259,9 @@ fn logs_are_deduplicated_by_offset_and_acknowledged_after_the_batch() {
             ToAgent::LogAck {
                 job_id: "j".into(),
                 attempt: 1,
-                offsets: [11, 0]
+                offsets: [11, 0],
+                // The chunk at 50 left a gap: the agent must resend from 11.
+                resend: true,
             }
         )]
     );
@@ -339,6 +350,7 @@ fn cancel_ends_a_queued_job_and_asks_the_agent_to_kill_a_running_one() {
             job_id: "r".into(),
             attempt: 1,
             outcome: Outcome::Cancelled,
+            totals: None,
         }],
     );
     assert_eq!(out.writes.jobs["r"].state, JobState::Cancelled);
@@ -499,7 +511,13 @@ fn recovery_restores_queue_and_running_jobs() {
     running.state = JobState::Running;
     running.attempt = 1;
     running.worker = Some("w".into());
-    let ends = HashMap::from([(("r".to_string(), 1), [5, 2])]);
+    let ends = HashMap::from([(
+        ("r".to_string(), 1),
+        [
+            StreamTotal::default().append(b"hello"),
+            StreamTotal::default().append(b"!!"),
+        ],
+    )]);
     let mut e = Engine::recover(
         EngineConfig::default(),
         vec![queued, running],
@@ -580,5 +598,91 @@ fn workers_report_their_state() {
     assert_eq!(
         (list[0].state.as_str(), list[0].running.len()),
         ("draining", 1)
+    );
+}
+
+#[test]
+fn a_result_with_bytes_missing_waits_for_them() {
+    let mut e = engine();
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 1),
+            submit(1, "j", JobSpec::command(["x"])),
+        ],
+    );
+    batch(&mut e, 1, vec![log(1, "j", 1, 0, b"abc")]);
+    let with_totals = |t| Input::Result {
+        session: 1,
+        job_id: "j".into(),
+        attempt: 1,
+        outcome: Outcome::Exited { code: 0 },
+        totals: t,
+    };
+    // The agent produced "abcdef" but only "abc" is stored.
+    let out = batch(&mut e, 2, vec![with_totals(totals(b"abcdef", b""))]);
+    assert!(out.writes.jobs.is_empty(), "the result must wait");
+    assert!(out.messages.contains(&(
+        1,
+        ToAgent::LogAck {
+            job_id: "j".into(),
+            attempt: 1,
+            offsets: [3, 0],
+            resend: true
+        }
+    )));
+    assert!(
+        !out.messages
+            .iter()
+            .any(|(_, m)| matches!(m, ToAgent::ResultAck { .. }))
+    );
+    // The agent resends the missing bytes and the result.
+    let out = batch(
+        &mut e,
+        3,
+        vec![
+            log(1, "j", 1, 3, b"def"),
+            with_totals(totals(b"abcdef", b"")),
+        ],
+    );
+    let job = &out.writes.jobs["j"];
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.reason, None);
+}
+
+#[test]
+fn a_checksum_mismatch_is_recorded_with_the_result() {
+    let mut e = engine();
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 1),
+            submit(1, "j", JobSpec::command(["x"])),
+        ],
+    );
+    let out = batch(
+        &mut e,
+        1,
+        vec![
+            log(1, "j", 1, 0, b"abc"),
+            Input::Result {
+                session: 1,
+                job_id: "j".into(),
+                attempt: 1,
+                outcome: Outcome::Exited { code: 0 },
+                totals: totals(b"xyz", b""),
+            },
+        ],
+    );
+    let job = &out.writes.jobs["j"];
+    assert_eq!(job.state, JobState::Succeeded);
+    assert!(
+        job.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("stdout log differs"),
+        "{job:?}"
     );
 }
