@@ -342,17 +342,9 @@ impl Engine {
         let mut engine = Engine::new(config);
         engine.next_seq = max_seq + 1;
         for w in workers {
-            engine.workers.insert(
-                w.id,
-                Worker {
-                    labels: w.labels.into_iter().collect(),
-                    slots: w.slots,
-                    session: None,
-                    jobs: BTreeSet::new(),
-                    draining: false,
-                    last_seen: now,
-                },
-            );
+            let worker = engine.worker_entry(&w.id, now);
+            worker.labels = w.labels.into_iter().collect();
+            worker.slots = w.slots;
         }
         for job in unfinished {
             let stored = log_ends
@@ -363,14 +355,7 @@ impl Engine {
                 JobState::Queued => engine.enqueue(&job),
                 _ => {
                     let worker_id = job.worker.clone().unwrap_or_default();
-                    let worker = engine.workers.entry(worker_id).or_insert_with(|| Worker {
-                        labels: BTreeSet::new(),
-                        slots: 0,
-                        session: None,
-                        jobs: BTreeSet::new(),
-                        draining: false,
-                        last_seen: now,
-                    });
+                    let worker = engine.worker_entry(&worker_id, now);
                     worker.jobs.insert(job.id.clone());
                     worker.last_seen = now;
                 }

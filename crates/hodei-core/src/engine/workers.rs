@@ -61,7 +61,7 @@ impl Engine {
         }
     }
 
-    fn worker_entry(&mut self, id: &str, now: Millis) -> &mut Worker {
+    pub(super) fn worker_entry(&mut self, id: &str, now: Millis) -> &mut Worker {
         self.workers
             .entry(id.to_string())
             .or_insert_with(|| Worker {
