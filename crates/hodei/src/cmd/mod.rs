@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own file.
 
+mod bench;
 mod demo;
 mod query;
 mod run;
@@ -48,6 +49,8 @@ pub enum Command {
     Workers(query::WorkersArgs),
     /// Start an orchestrator and an agent in this process and run sample jobs.
     Demo(demo::DemoArgs),
+    /// Measure throughput, latency or log bandwidth on this machine.
+    Bench(bench::BenchArgs),
 }
 
 /// Where a client command finds the server.
@@ -94,6 +97,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel(args) => query::cancel(args).await,
         Command::Workers(args) => query::workers(args).await,
         Command::Demo(args) => demo::demo(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }
 
