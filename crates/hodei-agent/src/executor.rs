@@ -3,7 +3,9 @@
 //! be added beside it without touching the session code.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +25,36 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// SIGTERM → SIGKILL grace on cancel or timeout.
     pub kill_grace: Duration,
+    /// Told the pid of the job's leader process as soon as it started.
+    pub on_start: OnStart,
+}
+
+/// A callback the executor calls with the pid of the job's leader process
+/// (also its process group id) right after starting it. Default: none.
+#[derive(Clone, Default)]
+pub struct OnStart(Option<Arc<dyn Fn(u32) + Send + Sync>>);
+
+impl OnStart {
+    pub fn new(f: impl Fn(u32) + Send + Sync + 'static) -> OnStart {
+        OnStart(Some(Arc::new(f)))
+    }
+
+    /// Reports `pid`; does nothing without a callback.
+    pub fn started(&self, pid: u32) {
+        if let Some(f) = &self.0 {
+            f(pid);
+        }
+    }
+}
+
+impl fmt::Debug for OnStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "OnStart(set)"
+        } else {
+            "OnStart(none)"
+        })
+    }
 }
 
 /// Bytes read from one of the job's outputs, in order.
@@ -44,7 +76,8 @@ pub trait Executor: Send + Sync + 'static {
     /// it is produced (each stream in order), and returns how it ended. Called
     /// once `output` has received every byte. Kills the whole process tree
     /// (SIGTERM, grace, SIGKILL) when `cancel` turns true or the timeout
-    /// passes. A program that cannot be started is an outcome
+    /// passes. Calls `spec.on_start` with the pid once the process started.
+    /// A program that cannot be started is an outcome
     /// ([`Outcome::SpawnFailed`]) with a message also written to stderr, not
     /// an error.
     async fn run(

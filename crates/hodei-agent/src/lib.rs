@@ -3,13 +3,17 @@
 //!
 //! - [`session`]: the connection, reconnects and drain;
 //! - [`outbox`]: what is owed to the orchestrator (logs, results) until acknowledged;
+//! - [`spool`]: the on-disk log spool behind the outbox; [`recover`]: what a
+//!   restarted agent does with the spool a previous one left;
 //! - [`runner`]: one job from assignment to result;
 //! - [`executor`]: the executor trait; [`process`]: local processes.
 
 pub mod executor;
 pub mod outbox;
 pub mod process;
+pub mod recover;
 pub mod runner;
 pub mod session;
+pub mod spool;
 
-pub use session::{AgentConfig, AgentError, run};
+pub use session::{AgentConfig, AgentError, DEFAULT_SPOOL_MAX_BYTES, parse_size, run};

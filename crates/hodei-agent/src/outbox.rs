@@ -3,185 +3,262 @@
 //! acknowledged. Jobs keep running and producing output while the session is
 //! down; after a reconnect everything unacknowledged is sent again from the
 //! last acknowledged offset (the orchestrator drops what it already has).
+//!
+//! This is the in-memory bookkeeping (offsets, checksums, what was sent);
+//! the bytes themselves live in the on-disk [spool](crate::spool) and are
+//! read back from it when they are sent, so memory stays small however much
+//! a job prints or however long the orchestrator is away.
+//!
+//! # A full spool
+//!
+//! The spool holds at most `max_bytes` unacknowledged bytes, all jobs
+//! together. A chunk that does not fit is dropped (the job is never held
+//! back) and counted; before the next byte written to that stream, as soon
+//! as it fits again, or when the job ends, the stream gets a line
+//! `[hodei: N bytes of output dropped: the agent's log spool was full]`, so
+//! the loss is visible in the log. A write that fails (a full disk, an I/O
+//! error) is handled the same way.
+//!
+//! # Checksums
+//!
+//! Each stream keeps a running crc32c of every byte written to the spool,
+//! markers included; the result carries the totals (`StreamSummary`) so that
+//! the orchestrator can check what it stored. For an attempt whose streams
+//! do not start at offset 0 no totals are sent (the agent has not seen the
+//! bytes before its start offset).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
-use hodei_core::LogStream;
 use hwp_proto::pb;
 use tokio::sync::{Notify, watch};
+use tracing::warn;
 
-use crate::executor::OutputChunk;
+use crate::recover::{KillResult, SpoolLock, open_spool, process_record};
+use crate::spool::{AttemptFiles, Meta, PUNCH_BLOCK};
 
-/// Largest log message sent at once (contiguous chunks are merged up to it).
-const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+mod send;
+mod stream;
+mod write;
 
-#[derive(Debug, Default)]
-struct StreamBox {
-    /// Bytes below this offset are durable on the orchestrator.
-    acked: u64,
-    /// Bytes below this offset were sent on the current session.
-    sent: u64,
-    /// Unacknowledged chunks: (offset, data, timestamp), contiguous, in order.
-    chunks: VecDeque<(u64, Bytes, i64)>,
-    /// Offset after the last byte produced.
-    end: u64,
-}
-
-impl StreamBox {
-    fn unacked(&self) -> u64 {
-        self.end - self.acked
-    }
-
-    /// The orchestrator has stored everything below `offset`. Acks trail
-    /// sends, so an ack never moves `sent` back (a reconnect does, see
-    /// [`Outbox::rewind`]).
-    fn ack(&mut self, offset: u64) {
-        let offset = offset.min(self.end);
-        if offset <= self.acked {
-            return;
-        }
-        self.acked = offset;
-        while let Some((off, data, _)) = self.chunks.front() {
-            if off + data.len() as u64 <= offset {
-                self.chunks.pop_front();
-            } else {
-                break;
-            }
-        }
-        self.sent = self.sent.max(offset);
-    }
-
-    /// The next unsent bytes, contiguous chunks merged up to `MAX_MESSAGE_BYTES`.
-    fn next_unsent(&mut self) -> Option<(u64, Bytes, i64)> {
-        let start = self.sent;
-        if start >= self.end {
-            return None;
-        }
-        let mut pieces: Vec<Bytes> = Vec::new();
-        let mut total = 0;
-        let mut ts = 0;
-        for (off, data, t) in &self.chunks {
-            if off + data.len() as u64 <= start {
-                continue;
-            }
-            // Non-zero only for the first chunk, which may be partly sent.
-            let skip = start.saturating_sub(*off) as usize;
-            let piece = data.slice(skip.min(data.len())..);
-            if !pieces.is_empty() && total + piece.len() > MAX_MESSAGE_BYTES {
-                break;
-            }
-            if pieces.is_empty() {
-                ts = *t;
-            }
-            total += piece.len();
-            pieces.push(piece);
-            if total >= MAX_MESSAGE_BYTES {
-                break;
-            }
-        }
-        let data = match pieces.len() {
-            1 => pieces.pop().unwrap_or_default(),
-            _ => {
-                let mut buf = BytesMut::with_capacity(total);
-                for p in &pieces {
-                    buf.extend_from_slice(p);
-                }
-                buf.freeze()
-            }
-        };
-        self.sent = start + data.len() as u64;
-        Some((start, data, ts))
-    }
-}
+pub use send::MAX_MESSAGE_BYTES;
+use send::wire_result;
+use stream::StreamState;
+pub use stream::dropped_marker;
 
 #[derive(Debug)]
 struct Entry {
     attempt: u32,
+    /// The job's leader process, once started.
+    pid: Option<u32>,
     started_sent: bool,
-    streams: [StreamBox; 2],
+    streams: [StreamState; 2],
+    /// Set once the result is durable in the spool.
     result: Option<pb::JobResult>,
     result_sent: bool,
     cancel: watch::Sender<bool>,
+    files: Option<Arc<AttemptFiles>>,
+    /// Serializes writes to the attempt's spool files.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Entry {
+    fn new(attempt: u32, offsets: [u64; 2], cancel: watch::Sender<bool>) -> Entry {
+        Entry {
+            attempt,
+            pid: None,
+            started_sent: false,
+            streams: [StreamState::new(offsets[0]), StreamState::new(offsets[1])],
+            result: None,
+            result_sent: false,
+            cancel,
+            files: None,
+            writer: Arc::default(),
+        }
+    }
+
+    fn unacked(&self) -> u64 {
+        self.streams
+            .iter()
+            .map(|s| s.end.saturating_sub(s.acked))
+            .sum()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: HashMap<String, Entry>,
+    /// Unacknowledged bytes in the spool (and being written), all jobs.
+    unacked: u64,
+}
+
+/// What the spool held when the agent started; see [`crate::recover`].
+#[derive(Debug, Default)]
+pub struct RecoverySummary {
+    /// Finished attempts offered again: (job id, attempt).
+    pub resumed: Vec<(String, u32)>,
+    /// Attempts that were running when the previous agent died; dropped.
+    pub abandoned: Vec<(String, u32, KillResult)>,
+    /// Unusable entries that were deleted.
+    pub discarded: usize,
 }
 
 /// The agent's jobs and what it owes the orchestrator for each.
 #[derive(Debug)]
 pub struct Outbox {
-    jobs: Mutex<HashMap<String, Entry>>,
+    state: Mutex<State>,
     /// Wakes the sender when there is something to send.
     pub ready: Notify,
-    /// Wakes producers waiting for acknowledgements (backpressure).
-    space: Notify,
-    max_unacked: u64,
+    spool: PathBuf,
+    max_bytes: u64,
+    _lock: SpoolLock,
 }
 
 impl Outbox {
-    /// `max_unacked`: bytes per job stream kept before the job's output is
-    /// held back (the process then blocks on its pipe).
-    pub fn new(max_unacked: u64) -> Outbox {
-        Outbox {
-            jobs: Mutex::new(HashMap::new()),
-            ready: Notify::new(),
-            space: Notify::new(),
-            max_unacked,
+    /// Opens (and locks) the spool in `spool_dir`, holding at most
+    /// `max_bytes` unacknowledged bytes, and recovers what a previous agent
+    /// left there.
+    pub async fn open(spool_dir: PathBuf, max_bytes: u64) -> io::Result<(Outbox, RecoverySummary)> {
+        let dir = spool_dir.clone();
+        let (lock, recovery) = tokio::task::spawn_blocking(move || open_spool(&dir))
+            .await
+            .map_err(io::Error::other)??;
+        let mut state = State::default();
+        let mut summary = RecoverySummary {
+            abandoned: recovery.abandoned,
+            discarded: recovery.discarded,
+            ..RecoverySummary::default()
+        };
+        for r in recovery.resumed {
+            let Some(rec) = r.meta.result.clone() else {
+                continue;
+            };
+            let (cancel, _) = watch::channel(false);
+            let mut e = Entry::new(r.meta.attempt, r.meta.base, cancel);
+            let totals = [rec.stdout, rec.stderr];
+            for (i, sb) in e.streams.iter_mut().enumerate() {
+                sb.acked = r.resume[i];
+                sb.sent = r.resume[i];
+                sb.end = totals[i].bytes;
+                sb.crc = totals[i].crc32c;
+                sb.punched = r.resume[i] / PUNCH_BLOCK * PUNCH_BLOCK;
+            }
+            e.pid = r.meta.process.as_ref().map(|p| p.pid);
+            e.result = Some(wire_result(
+                &r.meta.job_id,
+                r.meta.attempt,
+                r.meta.base,
+                &rec,
+            ));
+            e.files = Some(Arc::new(r.files));
+            state.unacked += e.unacked();
+            summary
+                .resumed
+                .push((r.meta.job_id.clone(), r.meta.attempt));
+            state.jobs.insert(r.meta.job_id, e);
         }
+        let outbox = Outbox {
+            state: Mutex::new(state),
+            ready: Notify::new(),
+            spool: spool_dir,
+            max_bytes,
+            _lock: lock,
+        };
+        Ok((outbox, summary))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data; keep going.
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts tracking an attempt; returns its cancel receiver, or `None`
-    /// when the agent already tracks that job.
+    /// when the agent already tracks that job. Call [`Outbox::create_spool`]
+    /// before writing output.
     pub fn add(
         &self,
         job_id: &str,
         attempt: u32,
         offsets: [u64; 2],
     ) -> Option<watch::Receiver<bool>> {
-        let mut jobs = self.lock();
-        if jobs.contains_key(job_id) {
+        let mut st = self.lock();
+        if st.jobs.contains_key(job_id) {
             return None;
         }
         let (tx, rx) = watch::channel(false);
-        let stream = |o: u64| StreamBox {
-            acked: o,
-            sent: o,
-            chunks: VecDeque::new(),
-            end: o,
-        };
-        jobs.insert(
-            job_id.to_string(),
-            Entry {
-                attempt,
-                started_sent: false,
-                streams: [stream(offsets[0]), stream(offsets[1])],
-                result: None,
-                result_sent: false,
-                cancel: tx,
-            },
-        );
-        drop(jobs);
-        // `Started` is due.
-        self.ready.notify_one();
+        st.jobs
+            .insert(job_id.to_string(), Entry::new(attempt, offsets, tx));
         Some(rx)
+    }
+
+    /// Creates the attempt's directory in the spool.
+    pub async fn create_spool(&self, job_id: &str) -> io::Result<()> {
+        let meta = {
+            let st = self.lock();
+            let e = st
+                .jobs
+                .get(job_id)
+                .ok_or_else(|| io::Error::other("unknown job"))?;
+            Meta::new(job_id, e.attempt, [e.streams[0].base, e.streams[1].base])
+        };
+        let root = self.spool.clone();
+        let files = tokio::task::spawn_blocking(move || AttemptFiles::create(&root, meta))
+            .await
+            .map_err(io::Error::other)??;
+        if let Some(e) = self.lock().jobs.get_mut(job_id) {
+            e.files = Some(Arc::new(files));
+        }
+        Ok(())
+    }
+
+    /// The job's process started: `Started` (with its pid) is due.
+    pub fn set_pid(&self, job_id: &str, pid: u32) {
+        if let Some(e) = self.lock().jobs.get_mut(job_id) {
+            e.pid = Some(pid);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Records the job's process (pid, group, start time) in the spool, so
+    /// that a restarted agent can kill what is left of it.
+    pub async fn record_process(&self, job_id: &str, pid: u32) {
+        let Some(files) = self.lock().jobs.get(job_id).and_then(|e| e.files.clone()) else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || match process_record(pid) {
+            Some(rec) => files.update_meta(|m| m.process = Some(rec)),
+            None => Ok(()), // Already gone: nothing to kill later.
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            warn!(job = job_id, error = %e, "cannot record the job's process in the spool");
+        }
     }
 
     /// Number of jobs whose process has not finished.
     pub fn running(&self) -> usize {
-        self.lock().values().filter(|e| e.result.is_none()).count()
+        self.lock()
+            .jobs
+            .values()
+            .filter(|e| e.result.is_none())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().jobs.is_empty()
+    }
+
+    /// Unacknowledged bytes in the spool, all jobs.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.lock().unacked
     }
 
     /// The attempts the agent holds, for `Hello` and heartbeats.
     pub fn attempts(&self) -> Vec<pb::RunningJob> {
         self.lock()
+            .jobs
             .iter()
             .map(|(id, e)| pb::RunningJob {
                 job_id: id.clone(),
@@ -190,48 +267,10 @@ impl Outbox {
             .collect()
     }
 
-    /// Appends output, waiting while too much of the stream is unacknowledged.
-    pub async fn push(&self, job_id: &str, chunk: OutputChunk) {
-        loop {
-            let space = self.space.notified();
-            {
-                let mut jobs = self.lock();
-                let Some(entry) = jobs.get_mut(job_id) else {
-                    return;
-                };
-                let sb = &mut entry.streams[chunk.stream.index()];
-                if sb.unacked() < self.max_unacked {
-                    let len = chunk.data.len() as u64;
-                    sb.chunks
-                        .push_back((sb.end, chunk.data, chunk.timestamp_ms));
-                    sb.end += len;
-                    drop(jobs);
-                    self.ready.notify_one();
-                    return;
-                }
-            }
-            space.await;
-        }
-    }
-
-    /// Records the attempt's result; it is sent after the last log byte.
-    pub fn finish(&self, job_id: &str, mut result: pb::JobResult) {
-        if let Some(e) = self.lock().get_mut(job_id) {
-            let summary = |sb: &StreamBox| pb::StreamSummary {
-                bytes: sb.end,
-                crc32c: 0,
-            };
-            result.stdout = Some(summary(&e.streams[0]));
-            result.stderr = Some(summary(&e.streams[1]));
-            e.result = Some(result);
-        }
-        self.ready.notify_one();
-    }
-
     /// Asks the attempt's process to stop; false if the agent does not run it.
     pub fn cancel(&self, job_id: &str, attempt: u32) -> bool {
-        match self.lock().get(job_id) {
-            Some(e) if e.attempt == attempt => {
+        match self.lock().jobs.get(job_id) {
+            Some(e) if e.attempt == attempt && e.result.is_none() => {
                 let _ = e.cancel.send(true);
                 true
             }
@@ -241,39 +280,100 @@ impl Outbox {
 
     /// Cancels every job (agent shutting down hard).
     pub fn cancel_all(&self) {
-        for e in self.lock().values() {
+        for e in self.lock().jobs.values() {
             let _ = e.cancel.send(true);
         }
     }
 
-    pub fn ack_logs(&self, ack: &pb::LogAck) {
-        if let Some(e) = self.lock().get_mut(&ack.job_id)
-            && e.attempt == ack.attempt
-        {
-            e.streams[0].ack(ack.stdout_offset);
-            e.streams[1].ack(ack.stderr_offset);
-        }
-        self.space.notify_waiters();
+    /// Applies a `LogAck`: frees what the orchestrator stored (punching it
+    /// out of the spool files). With `resend`, the orchestrator is missing
+    /// the bytes from the given offsets on: they are sent again, and then
+    /// the result if it had been sent.
+    pub async fn ack_logs(&self, ack: &pb::LogAck) {
+        let (files, punches) = {
+            let mut st = self.lock();
+            let State { jobs, unacked } = &mut *st;
+            let Some(e) = jobs
+                .get_mut(&ack.job_id)
+                .filter(|e| e.attempt == ack.attempt)
+            else {
+                return;
+            };
+            let mut punches = Vec::new();
+            for (s, offset) in [ack.stdout_offset, ack.stderr_offset]
+                .into_iter()
+                .enumerate()
+            {
+                let sb = &mut e.streams[s];
+                if !ack.resend || offset >= sb.acked {
+                    *unacked = (*unacked).saturating_sub(sb.ack(offset));
+                } else if offset >= sb.punched.max(sb.base) {
+                    // Still in the spool: take the acknowledgement back.
+                    *unacked += sb.acked - offset;
+                    sb.acked = offset;
+                } else {
+                    warn!(job = %ack.job_id, stream = s, offset, acked = sb.acked,
+                        "the orchestrator asks again for bytes already freed; resending what is left");
+                }
+                if ack.resend {
+                    sb.sent = sb.acked;
+                }
+                if let Some(range) = sb.punch_range() {
+                    punches.push((s, range));
+                }
+            }
+            if ack.resend {
+                e.result_sent = false;
+            }
+            (e.files.clone(), punches)
+        };
         self.ready.notify_one();
+        let Some(files) = files.filter(|_| !punches.is_empty()) else {
+            return;
+        };
+        let job = ack.job_id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (s, (from, to)) in punches {
+                if let Err(e) = files.punch(s, from, to) {
+                    warn!(job, error = %e, "cannot free acknowledged log data");
+                }
+            }
+        })
+        .await;
     }
 
-    /// The result is recorded: forget the job. Returns whether it was known.
-    pub fn ack_result(&self, ack: &pb::ResultAck) -> bool {
-        let mut jobs = self.lock();
-        let known = jobs
-            .get(&ack.job_id)
-            .is_some_and(|e| e.attempt == ack.attempt);
-        if known {
-            jobs.remove(&ack.job_id);
+    /// The result is recorded: forget the job and delete its spool entry.
+    /// Returns whether it was known (with a result).
+    pub async fn ack_result(&self, ack: &pb::ResultAck) -> bool {
+        let removed = {
+            let mut st = self.lock();
+            let known = st
+                .jobs
+                .get(&ack.job_id)
+                .is_some_and(|e| e.attempt == ack.attempt && e.result.is_some());
+            let removed = if known {
+                st.jobs.remove(&ack.job_id)
+            } else {
+                None
+            };
+            if let Some(e) = &removed {
+                st.unacked = st.unacked.saturating_sub(e.unacked());
+            }
+            removed
+        };
+        let Some(entry) = removed else { return false };
+        if let Some(files) = entry.files {
+            let removed = tokio::task::spawn_blocking(move || files.remove()).await;
+            if let Ok(Err(e)) = removed {
+                warn!(job = %ack.job_id, error = %e, "cannot delete the job's spool entry");
+            }
         }
-        drop(jobs);
-        self.space.notify_waiters();
-        known
+        true
     }
 
     /// A new session starts: everything unacknowledged is due again.
     pub fn rewind(&self) {
-        for e in self.lock().values_mut() {
+        for e in self.lock().jobs.values_mut() {
             e.started_sent = false;
             e.result_sent = false;
             for sb in &mut e.streams {
@@ -281,55 +381,5 @@ impl Outbox {
             }
         }
         self.ready.notify_one();
-    }
-
-    /// Takes the next messages to send: `Started`, log data from the last
-    /// sent offset, and results whose logs have all been sent.
-    pub fn take_due(&self, max_bytes: usize) -> Vec<pb::agent_message::Body> {
-        use pb::agent_message::Body;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut jobs = self.lock();
-        for (id, e) in jobs.iter_mut() {
-            if !e.started_sent {
-                e.started_sent = true;
-                out.push(Body::Started(pb::JobStarted {
-                    job_id: id.clone(),
-                    attempt: e.attempt,
-                    // The executor does not expose the pid; 0 = not reported.
-                    pid: 0,
-                }));
-            }
-            for stream in LogStream::BOTH {
-                while bytes < max_bytes {
-                    let Some((offset, data, ts)) = e.streams[stream.index()].next_unsent() else {
-                        break;
-                    };
-                    bytes += data.len();
-                    out.push(Body::Log(pb::LogEntry {
-                        job_id: id.clone(),
-                        data: String::new(),
-                        attempt: e.attempt,
-                        stream: match stream {
-                            LogStream::Stdout => pb::LogStream::Stdout as i32,
-                            LogStream::Stderr => pb::LogStream::Stderr as i32,
-                        },
-                        offset,
-                        timestamp_ms: ts,
-                        bytes: data,
-                        has_offset: true,
-                    }));
-                }
-            }
-            let all_sent = e.streams.iter().all(|s| s.sent >= s.end);
-            if all_sent
-                && !e.result_sent
-                && let Some(result) = &e.result
-            {
-                e.result_sent = true;
-                out.push(Body::Result(result.clone()));
-            }
-        }
-        out
     }
 }

@@ -42,6 +42,17 @@
 //! orphan processes when a step ends). A job that needs its background work
 //! finished must `wait` for it. The outcome is the leader's own status.
 //!
+//! # Dying with the agent
+//!
+//! On Linux the leader is started with `PR_SET_PDEATHSIG(SIGKILL)`: if the
+//! agent dies (crash, `kill -9`), the kernel kills the job's leader. The
+//! signal fires when the *thread* that forked the job ends, so jobs are
+//! spawned from the async task itself, on a runtime worker thread, which
+//! lives as long as the agent (never from a `spawn_blocking` thread, which
+//! may end while the job runs). Only the leader gets the signal, and a
+//! set-user-id program clears it; what else is left of the group is killed
+//! by the next agent started on the same spool ([`crate::recover`]).
+//!
 //! # Process group id reuse
 //!
 //! The group id is the leader's pid, and a pid is free for reuse once nothing
@@ -126,6 +137,7 @@ impl Executor for ProcessExecutor {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
+            die_with_the_agent(c);
         });
         command.wrap(ProcessGroup::leader());
         let mut child = match command.spawn() {
@@ -143,6 +155,7 @@ impl Executor for ProcessExecutor {
         };
         let pgid = Pid::from_raw(pid);
         debug!(job, pid, "started");
+        spec.on_start.started(pid.unsigned_abs());
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stdout = child.stdout().take().map(|pipe| {
@@ -221,6 +234,31 @@ impl Executor for ProcessExecutor {
         outcome
     }
 }
+
+/// Makes the job's leader get SIGKILL when the agent dies (see the module
+/// documentation). The hook runs in the child between fork and exec, so it
+/// only makes async-signal-safe system calls and does not allocate.
+#[cfg(target_os = "linux")]
+fn die_with_the_agent(command: &mut tokio::process::Command) {
+    let agent = std::process::id();
+    let hook = move || {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        // The agent may have died before the call: then nobody would
+        // send the signal any more.
+        if nix::unistd::getppid().as_raw().unsigned_abs() != agent {
+            return Err(io::Error::from(Errno::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls prctl(2) and getppid(2), both
+    // async-signal-safe, and builds errors without allocating.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_the_agent(_command: &mut tokio::process::Command) {}
 
 /// Sends signals to the job's process group while it may do so: `None` once
 /// the leader was reaped. Dropping it (the `run` future was dropped midway)

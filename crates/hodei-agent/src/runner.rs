@@ -1,5 +1,6 @@
-//! Runs one assignment: prepares its working directory, hands it to the
-//! executor, moves its output into the outbox and records its result.
+//! Runs one assignment: creates its spool entry, prepares its working
+//! directory, hands it to the executor, records its process in the spool,
+//! moves its output into the outbox and records its result.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use hodei_core::{LogStream, Outcome};
 use hwp_proto::pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::executor::{ExecSpec, Executor, OutputChunk, now_ms};
+use crate::executor::{ExecSpec, Executor, OnStart, OutputChunk, now_ms};
 use crate::outbox::Outbox;
 
 /// Starts jobs for the session.
@@ -40,6 +41,16 @@ impl Runner {
     async fn run(self, a: pb::Assignment, cancel: watch::Receiver<bool>) {
         let spec = a.spec.clone().unwrap_or_default();
         let job_id = a.job_id.clone();
+        if let Err(e) = self.outbox.create_spool(&job_id).await {
+            // Without a spool there is nowhere to keep the output: do not run.
+            let message = format!("hodei: cannot create the job's log spool: {e}");
+            tracing::error!(job = %job_id, error = %e, "cannot create the job's log spool");
+            let outcome = Outcome::SpawnFailed { code: 126, message };
+            self.outbox
+                .finish(&job_id, result(&job_id, a.attempt, &outcome))
+                .await;
+            return;
+        }
         let (dir, ours) = if spec.working_dir.is_empty() {
             (
                 self.work_root.join(format!("{}-{}", a.job_id, a.attempt)),
@@ -62,6 +73,7 @@ impl Runner {
                     } else {
                         DEFAULT_KILL_GRACE_MS
                     }),
+                    on_start: OnStart::default(),
                 };
                 self.execute(exec, cancel).await
             }
@@ -72,7 +84,8 @@ impl Runner {
         };
         tracing::info!(job = %job_id, attempt = a.attempt, ?outcome, "job finished");
         self.outbox
-            .finish(&job_id, result(&job_id, a.attempt, &outcome));
+            .finish(&job_id, result(&job_id, a.attempt, &outcome))
+            .await;
         if ours
             && !self.keep_work_dirs
             && let Err(e) = tokio::fs::remove_dir_all(&dir).await
@@ -81,13 +94,32 @@ impl Runner {
         }
     }
 
-    async fn execute(&self, exec: ExecSpec, cancel: watch::Receiver<bool>) -> Outcome {
+    async fn execute(&self, mut exec: ExecSpec, cancel: watch::Receiver<bool>) -> Outcome {
         let job_id = exec.job_id.clone();
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+        let (pid_tx, mut pid_rx) = mpsc::unbounded_channel::<u32>();
+        let outbox = self.outbox.clone();
+        let id = job_id.clone();
+        exec.on_start = OnStart::new(move |pid| {
+            // `Started` (with the pid) is due at once; the spool record follows.
+            outbox.set_pid(&id, pid);
+            let _ = pid_tx.send(pid);
+        });
         let executor = self.executor.clone();
         let handle = tokio::spawn(async move { executor.run(exec, tx, cancel).await });
-        while let Some(chunk) = rx.recv().await {
-            self.outbox.push(&job_id, chunk).await;
+        let mut pids_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                pid = pid_rx.recv(), if pids_open => match pid {
+                    Some(pid) => self.outbox.record_process(&job_id, pid).await,
+                    None => pids_open = false,
+                },
+                chunk = rx.recv() => match chunk {
+                    Some(chunk) => self.outbox.push(&job_id, chunk).await,
+                    None => break,
+                },
+            }
         }
         match handle.await {
             Ok(outcome) => outcome,

@@ -3,7 +3,14 @@
 //! and results. When the connection drops the jobs keep running; the agent
 //! redials with exponential backoff and full jitter and, once back, resends
 //! everything not yet acknowledged. On drain it takes no new work, finishes
-//! what it runs, and leaves once every result is acknowledged.
+//! what it runs, and leaves once every result is acknowledged. When the
+//! orchestrator announces its shutdown (`Shutdown`), the session ends, the
+//! jobs keep running, and the agent redials after a random delay of up to
+//! `reconnect_within_ms` (then with the usual backoff).
+//!
+//! What is owed to the orchestrator is kept in an on-disk spool
+//! ([`crate::spool`]) that outlives the agent: see [`crate::recover`] for
+//! what a restarted agent does with it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,8 +39,11 @@ pub struct AgentConfig {
     pub slots: u32,
     pub work_dir: PathBuf,
     pub keep_work_dirs: bool,
-    /// Unacknowledged log bytes kept per job stream before output is held back.
-    pub max_unacked_bytes: u64,
+    /// The log spool; `None`: `<work_dir>/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// Unacknowledged log bytes the spool holds, all jobs together; output
+    /// beyond it is dropped (and the loss marked in the log).
+    pub spool_max_bytes: u64,
     /// Reconnect backoff bounds.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -48,11 +58,45 @@ impl AgentConfig {
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             work_dir: std::env::temp_dir().join("hodei-work"),
             keep_work_dirs: false,
-            max_unacked_bytes: 64 * 1024 * 1024,
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
         }
     }
+}
+
+impl AgentConfig {
+    /// Where the log spool is.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("spool"))
+    }
+}
+
+/// The default bound of the log spool: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// Parses a byte size: a number with an optional binary suffix `K`, `M`,
+/// `G` or `T` (also `KiB`, `MB`, ...: all mean powers of 1024), e.g. `512M`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512M or 1G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?}")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +105,11 @@ pub enum AgentError {
     BadUrl { url: String, message: String },
     #[error("cannot create work directory {path}: {source}")]
     WorkDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the log spool {path}: {source}")]
+    Spool {
         path: String,
         source: std::io::Error,
     },
@@ -73,6 +122,8 @@ enum SessionEnd {
     Done,
     /// Connection failed or dropped; try again.
     Lost(String),
+    /// The orchestrator is shutting down: redial within this time.
+    Shutdown(Duration),
 }
 
 /// Runs the agent until it is drained. `drain` turning true means: take no
@@ -97,7 +148,30 @@ pub async fn run(
             path: config.work_dir.display().to_string(),
             source,
         })?;
-    let outbox = Arc::new(Outbox::new(config.max_unacked_bytes));
+    let spool_dir = config.spool_dir();
+    let (outbox, recovery) = Outbox::open(spool_dir.clone(), config.spool_max_bytes)
+        .await
+        .map_err(|source| AgentError::Spool {
+            path: spool_dir.display().to_string(),
+            source,
+        })?;
+    for (job, attempt) in &recovery.resumed {
+        tracing::info!(job = %job, attempt, "offering the result of an attempt finished before a restart");
+    }
+    for (job, attempt, _) in &recovery.abandoned {
+        // The job ids come from disk: never let one name another directory.
+        if hodei_core::spec::validate_job_id(job).is_err() {
+            continue;
+        }
+        let dir = config.work_dir.join(format!("{job}-{attempt}"));
+        if !config.keep_work_dirs
+            && tokio::fs::metadata(&dir).await.is_ok()
+            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+        }
+    }
+    let outbox = Arc::new(outbox);
     let runner = Runner {
         outbox: outbox.clone(),
         executor,
@@ -114,6 +188,15 @@ pub async fn run(
             SessionEnd::Done => return Ok(()),
             SessionEnd::Lost(why) => {
                 tracing::warn!(server = %config.server, reason = %why, "session lost; reconnecting");
+            }
+            SessionEnd::Shutdown(within) => {
+                // Spread the agents' return over the window the server gave.
+                let ms = within.as_millis().min(u64::MAX as u128) as u64;
+                let delay = Duration::from_millis(rand::rng().random_range(0..=ms));
+                tracing::info!(server = %config.server, ?delay, "orchestrator shutting down; reconnecting later");
+                failures = 0;
+                tokio::time::sleep(delay).await;
+                continue;
             }
         }
         // A session that lasted a while resets the backoff.
@@ -152,7 +235,8 @@ async fn session(
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let outbox = &runner.outbox;
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+    // Log messages are up to 1 MiB: this bounds what waits for the network.
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
     let hello = pb::Hello {
         registration: Some(pb::WorkerRegistration {
             worker_id: config.name.clone(),
@@ -203,7 +287,9 @@ async fn session(
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
                     let draining = *drain.borrow();
-                    handle(msg, config, runner, &tx, draining).await;
+                    if let Some(end) = handle(msg, config, runner, &tx, draining).await {
+                        break end;
+                    }
                 }
                 Ok(None) => break SessionEnd::Lost("server closed the session".into()),
                 Err(status) => break SessionEnd::Lost(status.message().to_string()),
@@ -224,9 +310,9 @@ async fn handle(
     runner: &Runner,
     tx: &mpsc::Sender<pb::AgentMessage>,
     draining: bool,
-) {
+) -> Option<SessionEnd> {
     use pb::server_message::Body as S;
-    let Some(body) = msg.body else { return };
+    let body = msg.body?;
     match body {
         S::Assign(a) => {
             let (job_id, attempt) = (a.job_id.clone(), a.attempt);
@@ -253,20 +339,25 @@ async fn handle(
                 tracing::info!(job = %c.job_id, reason = %c.reason, "cancelling job");
             }
         }
-        S::LogAck(ack) => runner.outbox.ack_logs(&ack),
+        S::LogAck(ack) => runner.outbox.ack_logs(&ack).await,
         S::ResultAck(ack) => {
-            runner.outbox.ack_result(&ack);
+            runner.outbox.ack_result(&ack).await;
         }
         S::Welcome(_) => {}
-        // Minimal handling; the session ends when the server closes the stream.
-        S::Shutdown(_) => {}
+        S::Shutdown(s) => {
+            tracing::info!(reason = %s.reason, within_ms = s.reconnect_within_ms, "orchestrator is shutting down");
+            return Some(SessionEnd::Shutdown(Duration::from_millis(
+                s.reconnect_within_ms,
+            )));
+        }
     }
+    None
 }
 
 /// Sends what the outbox has due, as soon as it has it.
 async fn send_due(outbox: Arc<Outbox>, tx: mpsc::Sender<pb::AgentMessage>) {
     loop {
-        let due = outbox.take_due(4 * 1024 * 1024);
+        let due = outbox.next_batch(4 * 1024 * 1024).await;
         if due.is_empty() {
             outbox.ready.notified().await;
             continue;

@@ -26,6 +26,7 @@ fn spec(command: &[&str], dir: &Path) -> ExecSpec {
         working_dir: dir.to_path_buf(),
         timeout: None,
         kill_grace: Duration::from_secs(5),
+        on_start: Default::default(),
     }
 }
 
@@ -112,6 +113,49 @@ fn hash(data: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     h.write(data);
     h.finish()
+}
+
+#[tokio::test]
+async fn the_leader_pid_is_reported_and_is_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = sh("echo $$; ps -o pgid= -p $$ 2>/dev/null || true", dir.path());
+    let sink = reported.clone();
+    s.on_start = hodei_agent::executor::OnStart::new(move |pid| sink.lock().unwrap().push(pid));
+    let (outcome, c) = run(s).await;
+    assert_eq!(outcome, Outcome::Exited { code: 0 });
+    let pids = reported.lock().unwrap().clone();
+    assert_eq!(pids.len(), 1, "reported once");
+    let out = String::from_utf8(c.stdout).unwrap();
+    let mut lines = out.lines().map(str::trim);
+    assert_eq!(lines.next(), Some(pids[0].to_string().as_str()));
+    if let Some(pgid) = lines.next() {
+        assert_eq!(pgid, pids[0].to_string(), "the leader leads its group");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_leader_has_the_parent_death_signal_set() {
+    // /proc does not show PR_SET_PDEATHSIG; a process can read its own
+    // with PR_GET_PDEATHSIG, which python does through ctypes if present.
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import ctypes,sys\n\
+        s=ctypes.c_int(0)\n\
+        ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0)\n\
+        print(s.value)";
+    let (outcome, c) = run(spec(&["python3", "-c", script], dir.path())).await;
+    if matches!(outcome, Outcome::SpawnFailed { .. }) {
+        eprintln!("no python3 here; skipping");
+        return;
+    }
+    assert_eq!(
+        outcome,
+        Outcome::Exited { code: 0 },
+        "{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    assert_eq!(String::from_utf8(c.stdout).unwrap().trim(), "9", "SIGKILL");
 }
 
 #[tokio::test]

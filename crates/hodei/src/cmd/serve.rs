@@ -67,6 +67,13 @@ pub struct AgentArgs {
     /// Keep per-job directories after the job ends.
     #[arg(long)]
     pub keep_work_dirs: bool,
+    /// Where unacknowledged job output is kept; defaults to `<work-dir>/spool`.
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Most unacknowledged output kept in the spool (e.g. 512M, 1G); beyond
+    /// it output is dropped and the loss marked in the job's log.
+    #[arg(long, default_value = "1G", value_parser = hodei_agent::parse_size)]
+    pub spool_max: u64,
 }
 
 pub fn hostname() -> String {
@@ -91,6 +98,8 @@ impl AgentArgs {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join(format!("hodei-work-{name}")));
         config.keep_work_dirs = self.keep_work_dirs;
+        config.spool_dir = self.spool_dir.clone();
+        config.spool_max_bytes = self.spool_max;
         config
     }
 }

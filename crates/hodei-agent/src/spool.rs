@@ -1,0 +1,345 @@
+//! The agent's on-disk log spool: what the agent owes the orchestrator for
+//! each job attempt, kept on disk until it is acknowledged.
+//!
+//! # Layout
+//!
+//! ```text
+//! <spool>/lock                   flock(2)ed by the agent that owns the spool
+//! <spool>/<job id>@<attempt>/    one directory per attempt
+//!     stdout, stderr             the streams; file offset == stream offset
+//!     meta.json                  job id, attempt, stream base offsets,
+//!                                acknowledged offsets, the process (pid,
+//!                                pgid, start time, boot id) and the result
+//! ```
+//!
+//! The job id is written into the directory name with every byte other than
+//! `[A-Za-z0-9._-]` as `%XX`; `meta.json` is what counts.
+//!
+//! Log data is written with `pwrite` at its stream offset and read back with
+//! `pread` when it is sent, so only what is in flight is in memory. It is
+//! not fsynced per write: an agent crash kills the job anyway (see
+//! [`crate::recover`]). Acknowledged ranges are freed with
+//! `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`, in whole 4 KiB
+//! blocks (where the filesystem cannot punch holes the data just stays until
+//! the attempt's directory is deleted). `meta.json` is replaced atomically
+//! (write a temporary file, fsync, rename, fsync the directory). When the
+//! attempt ends, both log files are fsynced and only then is the result
+//! written into `meta.json`: a result found on disk implies its complete log.
+//!
+//! Every function here does blocking file I/O: call them from
+//! `spawn_blocking` (the [`crate::outbox`] does).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The metadata file's name in an attempt's directory.
+pub const META_FILE: &str = "meta.json";
+const META_TMP: &str = "meta.json.tmp";
+const STREAM_FILES: [&str; 2] = ["stdout", "stderr"];
+/// The lock file's name in the spool directory.
+pub const LOCK_FILE: &str = "lock";
+/// Holes are punched in whole blocks of this size.
+pub const PUNCH_BLOCK: u64 = 4096;
+/// `meta.json`'s format version.
+pub const META_VERSION: u32 = 1;
+
+/// The size and crc32c of what an attempt wrote into one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// The stream's end offset (its base plus every byte written).
+    pub bytes: u64,
+    /// crc32c of the bytes written (from the base offset on).
+    pub crc32c: u32,
+}
+
+/// The job's leader process, to find it again after an agent restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub pgid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_time: u64,
+    /// `/proc/sys/kernel/random/boot_id` when the process was started.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+}
+
+/// How the attempt ended, as sent in `JobResult`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// `pb::Outcome` as a number.
+    pub outcome: i32,
+    pub exit_code: i32,
+    pub signal: i32,
+    pub message: String,
+    pub stdout: Totals,
+    pub stderr: Totals,
+}
+
+/// The content of `meta.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: u32,
+    pub job_id: String,
+    pub attempt: u32,
+    /// Stream offsets the attempt's output starts at (stdout, stderr).
+    pub base: [u64; 2],
+    /// Acknowledged offsets when the file was last written.
+    pub acked: [u64; 2],
+    #[serde(default)]
+    pub process: Option<ProcessRecord>,
+    #[serde(default)]
+    pub result: Option<ResultRecord>,
+}
+
+impl Meta {
+    pub fn new(job_id: &str, attempt: u32, base: [u64; 2]) -> Meta {
+        Meta {
+            version: META_VERSION,
+            job_id: job_id.to_string(),
+            attempt,
+            base,
+            acked: base,
+            process: None,
+            result: None,
+        }
+    }
+}
+
+/// The directory name of an attempt.
+pub fn attempt_dir_name(job_id: &str, attempt: u32) -> String {
+    let mut name = String::with_capacity(job_id.len() + 12);
+    for b in job_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name.push_str(&format!("@{attempt}"));
+    name
+}
+
+/// One attempt's files. Shared between the writer and the sender; the
+/// stream files are only accessed with positional reads and writes.
+#[derive(Debug)]
+pub struct AttemptFiles {
+    dir: PathBuf,
+    streams: [File; 2],
+    meta: Mutex<Meta>,
+}
+
+impl AttemptFiles {
+    /// Creates a fresh directory for the attempt (replacing a leftover one
+    /// of the same name) with empty stream files and its `meta.json`.
+    pub fn create(root: &Path, meta: Meta) -> io::Result<AttemptFiles> {
+        let dir = root.join(attempt_dir_name(&meta.job_id, meta.attempt));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir(&dir)?;
+        let open = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dir.join(name))
+        };
+        let streams = [open(STREAM_FILES[0])?, open(STREAM_FILES[1])?];
+        let files = AttemptFiles {
+            dir,
+            streams,
+            meta: Mutex::new(meta),
+        };
+        files.update_meta(|_| {})?;
+        sync_dir(root)?;
+        Ok(files)
+    }
+
+    /// Opens an existing attempt directory whose `meta.json` was read.
+    pub fn open(dir: &Path, meta: Meta) -> io::Result<AttemptFiles> {
+        let open = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+        };
+        Ok(AttemptFiles {
+            dir: dir.to_path_buf(),
+            streams: [open(STREAM_FILES[0])?, open(STREAM_FILES[1])?],
+            meta: Mutex::new(meta),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock_meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the metadata as last written.
+    pub fn meta(&self) -> Meta {
+        self.lock_meta().clone()
+    }
+
+    /// Changes the metadata and replaces `meta.json` atomically and durably.
+    pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
+        let mut meta = self.lock_meta();
+        let mut next = meta.clone();
+        change(&mut next);
+        let json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+        let tmp = self.dir.join(META_TMP);
+        {
+            let file = File::create(&tmp)?;
+            file.write_all_at(&json, 0)?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(META_FILE))?;
+        sync_dir(&self.dir)?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of stream `stream` (0 = stdout, 1 = stderr).
+    pub fn write_at(&self, stream: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.stream(stream)?.write_all_at(data, offset)
+    }
+
+    /// Reads exactly `len` bytes at `offset` of stream `stream`.
+    pub fn read_at(&self, stream: usize, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.stream(stream)?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Frees `[from, to)` of a stream. Returns false when the filesystem
+    /// cannot punch holes (nothing is freed then, nothing is wrong either).
+    pub fn punch(&self, stream: usize, from: u64, to: u64) -> io::Result<bool> {
+        let file = self.stream(stream)?;
+        if to <= from {
+            return Ok(true);
+        }
+        punch_hole(file, from, to - from)
+    }
+
+    /// The first offset at or after `from` that holds data (not a punched
+    /// hole); `from` itself where the filesystem does not tell.
+    pub fn data_from(&self, stream: usize, from: u64) -> io::Result<u64> {
+        seek_data(self.stream(stream)?, from)
+    }
+
+    /// The current length of a stream file.
+    pub fn len(&self, stream: usize) -> io::Result<u64> {
+        Ok(self.stream(stream)?.metadata()?.len())
+    }
+
+    /// Flushes both stream files to disk.
+    pub fn sync_logs(&self) -> io::Result<()> {
+        for f in &self.streams {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the attempt's directory.
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn stream(&self, stream: usize) -> io::Result<&File> {
+        self.streams
+            .get(stream)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such stream"))
+    }
+}
+
+/// Reads and checks an attempt directory's `meta.json`.
+pub fn read_meta(dir: &Path) -> Result<Meta, String> {
+    let bytes =
+        fs::read(dir.join(META_FILE)).map_err(|e| format!("cannot read {META_FILE}: {e}"))?;
+    let meta: Meta =
+        serde_json::from_slice(&bytes).map_err(|e| format!("corrupt {META_FILE}: {e}"))?;
+    if meta.version != META_VERSION {
+        return Err(format!("unknown {META_FILE} version {}", meta.version));
+    }
+    let expected = attempt_dir_name(&meta.job_id, meta.attempt);
+    if dir.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+        return Err(format!(
+            "{META_FILE} names job {:?} attempt {}, which is not this directory",
+            meta.job_id, meta.attempt
+        ));
+    }
+    for i in 0..2 {
+        if meta.acked[i] < meta.base[i] {
+            return Err(format!("{META_FILE}: acknowledged offset below the base"));
+        }
+        if let Some(r) = &meta.result {
+            let t = [r.stdout, r.stderr][i];
+            if t.bytes < meta.acked[i] {
+                return Err(format!(
+                    "{META_FILE}: result totals below the acknowledged offset"
+                ));
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// fsyncs a directory (so that entries created or renamed in it last).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(target_os = "linux")]
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    match fallocate(file, mode, offset, len) {
+        Ok(()) => Ok(true),
+        Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch_hole(_file: &File, _offset: u64, _len: u64) -> io::Result<bool> {
+    Ok(false)
+}
+
+#[cfg(target_os = "linux")]
+fn seek_data(file: &File, from: u64) -> io::Result<u64> {
+    use nix::errno::Errno;
+    use nix::unistd::{Whence, lseek};
+    let Ok(offset) = i64::try_from(from) else {
+        return Ok(from);
+    };
+    match lseek(file, offset, Whence::SeekData) {
+        Ok(found) => Ok(u64::try_from(found).unwrap_or(from).max(from)),
+        // No data after `from`: all hole up to the end of the file.
+        Err(Errno::ENXIO) => Ok(file.metadata()?.len().max(from)),
+        Err(Errno::EINVAL | Errno::EOPNOTSUPP) => Ok(from),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn seek_data(_file: &File, from: u64) -> io::Result<u64> {
+    Ok(from)
+}
