@@ -210,3 +210,4 @@ pub async fn wait_workers_ready(client: &Client, n: usize) {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
+pub mod proxy;
