@@ -142,3 +142,39 @@ async fn a_draining_agent_finishes_its_job_and_takes_no_new_one() {
         JobState::Queued
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_orchestrator_loses_nothing() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let flags = ["--lease-grace", "20s", "--heartbeat-interval", "1s"];
+    let mut server = ServerProc::start(&data, &flags);
+    let addr = server.addr().to_string();
+    let _agent = AgentProc::start(&server.url, "calm", &dir.path().join("work"), &["--slots", "1"]);
+    let client = server.client();
+    wait_workers_ready(&client, 1).await;
+    let runs = dir.path().join("runs");
+    let id = client.submit(&counting_job(30, "0.1", &runs)).await.expect("submit").job.id;
+    wait_for(Duration::from_secs(10), "some output", || async {
+        let log = client.logs(&id, Some(LogStream::Stdout)).await.ok()?;
+        (log.len() > 20).then_some(())
+    })
+    .await;
+    // SIGTERM: the server tells the agent to come back later and exits.
+    let stopping = std::time::Instant::now();
+    server.stop();
+    let stop_time = stopping.elapsed();
+    assert!(stop_time < Duration::from_secs(8), "graceful stop took {stop_time:?}");
+    let server = ServerProc::start_on(&data, &addr, &flags);
+    let client = server.client();
+    let job = wait_for(Duration::from_secs(30), "the job to finish", || async {
+        let job = client.job(&id).await.ok()?;
+        job.state.is_terminal().then_some(job)
+    })
+    .await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 1), "{job:?}");
+    let log = client.logs(&id, Some(LogStream::Stdout)).await.expect("log");
+    assert_eq!(String::from_utf8_lossy(&log), expected_lines(30));
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs").lines().count(), 1);
+    eprintln!("graceful stop took {stop_time:?}");
+}
