@@ -1,6 +1,6 @@
 //! How the agent runs a job: the executor trait and the data it works on.
-//! The process executor lives in [`crate::process`]; a container executor can
-//! be added beside it without touching the session code.
+//! The process executor lives in [`crate::process`], the container executor
+//! in [`crate::docker`]; the runner picks one per job (image or not).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hodei_core::spec::PullPolicy;
 use hodei_core::{LogStream, Outcome};
 use tokio::sync::{mpsc, watch};
 
@@ -19,14 +20,34 @@ pub struct ExecSpec {
     pub attempt: u32,
     /// argv; executed directly, no shell.
     pub command: Vec<String>,
-    /// Added on top of the agent's own environment.
+    /// Added on top of the agent's own environment (a container's starts
+    /// from its image's instead).
     pub env: BTreeMap<String, String>,
+    /// The process's current directory; for a container job, the per-job
+    /// directory on this machine that is mounted as its workspace.
     pub working_dir: PathBuf,
     pub timeout: Option<Duration>,
     /// SIGTERM → SIGKILL grace on cancel or timeout.
     pub kill_grace: Duration,
     /// Told the pid of the job's leader process as soon as it started.
     pub on_start: OnStart,
+    /// Set for a job with an image: run it in a container.
+    pub container: Option<ContainerSpec>,
+}
+
+/// What makes a job a container job: its image and the container's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// Directory inside the container to start in; `None`: the workspace
+    /// (`/workspace`) when it is mounted, else the image's own.
+    pub working_dir: Option<String>,
+    /// CPU limit in millicores (1000 = one CPU).
+    pub cpu_millicores: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// `None`: the agent's default.
+    pub pull_policy: Option<PullPolicy>,
 }
 
 /// A callback the executor calls with the pid of the job's leader process

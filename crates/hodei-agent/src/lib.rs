@@ -6,8 +6,10 @@
 //! - [`spool`]: the on-disk log spool behind the outbox; [`recover`]: what a
 //!   restarted agent does with the spool a previous one left;
 //! - [`runner`]: one job from assignment to result;
-//! - [`executor`]: the executor trait; [`process`]: local processes.
+//! - [`executor`]: the executor trait; [`process`]: local processes;
+//!   [`docker`]: Docker containers, for jobs with an image.
 
+pub mod docker;
 pub mod executor;
 pub mod outbox;
 pub mod process;

@@ -20,8 +20,15 @@
 //!   shorter than the recorded result) is logged and deleted; so is an
 //!   older attempt of a job that has a newer one in the spool.
 //!
+//! - **Containers** (jobs with an image) are not process groups of the
+//!   agent and are not recorded here: at start, once the spool is locked,
+//!   the agent kills and removes every container labelled with its name
+//!   ([`crate::docker::remove_leftovers`]); their attempts are abandoned
+//!   like the others (not listed in `Hello`).
+//!
 //! Two agents must never share a spool (each would kill the other's jobs):
-//! the spool's `lock` file is `flock`ed while an agent uses it.
+//! the spool's `lock` file is `flock`ed while an agent uses it. For the same
+//! reason two agents with the same name must not share a Docker engine.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};

@@ -1,17 +1,22 @@
 //! Runs one assignment: creates its spool entry, prepares its working
-//! directory, hands it to the executor, records its process in the spool,
-//! moves its output into the outbox and records its result.
+//! directory, hands it to the executor (the container executor for a job
+//! with an image, the process executor otherwise), records its process in
+//! the spool, moves its output into the outbox and records its result.
+//!
+//! A job with an image always gets a fresh per-job directory (mounted as
+//! the container's workspace); its `working_dir` is a directory inside the
+//! container. A process job's `working_dir` is a directory on this machine.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hodei_core::spec::DEFAULT_KILL_GRACE_MS;
+use hodei_core::spec::{DEFAULT_KILL_GRACE_MS, PullPolicy};
 use hodei_core::{LogStream, Outcome};
 use hwp_proto::pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::executor::{ExecSpec, Executor, OnStart, OutputChunk, now_ms};
+use crate::executor::{ContainerSpec, ExecSpec, Executor, OnStart, OutputChunk, now_ms};
 use crate::outbox::Outbox;
 
 /// Starts jobs for the session.
@@ -19,6 +24,8 @@ use crate::outbox::Outbox;
 pub struct Runner {
     pub outbox: Arc<Outbox>,
     pub executor: Arc<dyn Executor>,
+    /// Runs jobs with an image; `None` when the agent has no Docker engine.
+    pub docker: Option<Arc<dyn Executor>>,
     /// Per-job directories are made under this one.
     pub work_root: PathBuf,
     /// Keep per-job directories after the job (for debugging).
@@ -51,7 +58,14 @@ impl Runner {
                 .await;
             return;
         }
-        let (dir, ours) = if spec.working_dir.is_empty() {
+        let container = (!a.image.is_empty()).then(|| ContainerSpec {
+            image: a.image.clone(),
+            working_dir: Some(spec.working_dir.clone()).filter(|d| !d.is_empty()),
+            cpu_millicores: Some(spec.cpu_millicores).filter(|c| *c > 0),
+            memory_bytes: Some(spec.memory_bytes).filter(|m| *m > 0),
+            pull_policy: pull_policy(spec.pull_policy),
+        });
+        let (dir, ours) = if spec.working_dir.is_empty() || container.is_some() {
             (
                 self.work_root.join(format!("{}-{}", a.job_id, a.attempt)),
                 true,
@@ -74,6 +88,7 @@ impl Runner {
                         DEFAULT_KILL_GRACE_MS
                     }),
                     on_start: OnStart::default(),
+                    container,
                 };
                 self.execute(exec, cancel).await
             }
@@ -96,6 +111,24 @@ impl Runner {
 
     async fn execute(&self, mut exec: ExecSpec, cancel: watch::Receiver<bool>) -> Outcome {
         let job_id = exec.job_id.clone();
+        let executor = if exec.container.is_some() {
+            let Some(docker) = self.docker.clone() else {
+                let message =
+                    "hodei: this agent cannot run jobs with an image: it has no Docker engine"
+                        .to_string();
+                self.note(&job_id, &message).await;
+                return Outcome::SpawnFailed {
+                    code: crate::docker::EXIT_CONTAINER_FAILED,
+                    message,
+                };
+            };
+            docker
+        } else {
+            self.executor.clone()
+        };
+        // A container's processes are found again by its labels, not by a
+        // process group: only process jobs are recorded in the spool.
+        let record = exec.container.is_none();
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
         let (pid_tx, mut pid_rx) = mpsc::unbounded_channel::<u32>();
         let outbox = self.outbox.clone();
@@ -105,14 +138,14 @@ impl Runner {
             outbox.set_pid(&id, pid);
             let _ = pid_tx.send(pid);
         });
-        let executor = self.executor.clone();
         let handle = tokio::spawn(async move { executor.run(exec, tx, cancel).await });
         let mut pids_open = true;
         loop {
             tokio::select! {
                 biased;
                 pid = pid_rx.recv(), if pids_open => match pid {
-                    Some(pid) => self.outbox.record_process(&job_id, pid).await,
+                    Some(pid) if record => self.outbox.record_process(&job_id, pid).await,
+                    Some(_) => {}
                     None => pids_open = false,
                 },
                 chunk = rx.recv() => match chunk {
@@ -157,6 +190,22 @@ async fn prepare(dir: &PathBuf, ours: bool) -> Result<(), String> {
     made.map_err(|e| format!("hodei: cannot use working directory {}: {e}", dir.display()))
 }
 
+/// A wire pull policy; unspecified (or unknown) means the agent's default.
+fn pull_policy(value: i32) -> Option<PullPolicy> {
+    match pb::PullPolicy::try_from(value) {
+        Ok(pb::PullPolicy::IfNotPresent) => Some(PullPolicy::IfNotPresent),
+        Ok(pb::PullPolicy::Never) => Some(PullPolicy::Never),
+        Ok(pb::PullPolicy::Unspecified) => None,
+        Err(_) => {
+            tracing::warn!(
+                value,
+                "unknown pull policy in an assignment; using the agent's"
+            );
+            None
+        }
+    }
+}
+
 /// The wire form of an attempt's outcome.
 pub fn result(job_id: &str, attempt: u32, outcome: &Outcome) -> pb::JobResult {
     let (kind, exit_code, signal, message) = match outcome {
@@ -169,6 +218,12 @@ pub fn result(job_id: &str, attempt: u32, outcome: &Outcome) -> pb::JobResult {
         Outcome::SpawnFailed { code, message } => {
             (pb::Outcome::SpawnFailed, *code, 0, message.clone())
         }
+        Outcome::OomKilled => (
+            pb::Outcome::OomKilled,
+            hodei_core::job::OOM_EXIT_CODE,
+            hodei_core::job::OOM_EXIT_CODE - 128,
+            "out of memory: killed by the OOM killer".to_string(),
+        ),
     };
     pb::JobResult {
         job_id: job_id.to_string(),

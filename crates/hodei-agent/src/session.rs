@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::docker::{DockerConfig, DockerExecutor};
 use crate::executor::{Executor, now_ms};
 use crate::outbox::Outbox;
 use crate::runner::Runner;
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     /// Reconnect backoff bounds.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Run jobs with an image in Docker containers; `None`: no Docker.
+    pub docker: Option<DockerConfig>,
 }
 
 impl AgentConfig {
@@ -62,6 +65,7 @@ impl AgentConfig {
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            docker: None,
         }
     }
 }
@@ -126,10 +130,46 @@ enum SessionEnd {
     Shutdown(Duration),
 }
 
+/// Connects to the Docker engine (when configured) and removes the
+/// containers an earlier run of this agent left. `None` when there is no
+/// engine to use: then the agent does not advertise `docker`.
+async fn start_docker(config: &AgentConfig) -> Option<Arc<DockerExecutor>> {
+    let docker_config = config.docker.clone()?;
+    let docker = match DockerExecutor::connect(docker_config, &config.name).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "no Docker engine: jobs with an image will not be sent to this agent");
+            return None;
+        }
+    };
+    match docker.remove_leftovers().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            containers = n,
+            "removed containers an earlier run of this agent left"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the containers an earlier run of this agent left")
+        }
+    }
+    Some(Arc::new(docker))
+}
+
+/// The labels the agent advertises: its own, with `docker` exactly when it
+/// has an engine to run image jobs on.
+pub fn advertised_labels(labels: &[String], docker: bool) -> Vec<String> {
+    let cap = hodei_core::spec::DOCKER_CAPABILITY;
+    let mut out: Vec<String> = labels.iter().filter(|l| *l != cap).cloned().collect();
+    if docker {
+        out.push(cap.to_string());
+    }
+    out
+}
+
 /// Runs the agent until it is drained. `drain` turning true means: take no
 /// new work, finish the running jobs, report them, then return.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     executor: Arc<dyn Executor>,
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
@@ -158,6 +198,9 @@ pub async fn run(
     for (job, attempt) in &recovery.resumed {
         tracing::info!(job = %job, attempt, "offering the result of an attempt finished before a restart");
     }
+    // With the spool locked (no other agent uses it), the containers an
+    // earlier run left are removed before their directories are.
+    let docker = start_docker(&config).await;
     for (job, attempt, _) in &recovery.abandoned {
         // The job ids come from disk: never let one name another directory.
         if hodei_core::spec::validate_job_id(job).is_err() {
@@ -171,10 +214,20 @@ pub async fn run(
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
         }
     }
+    if docker.is_none()
+        && config
+            .labels
+            .iter()
+            .any(|l| l == hodei_core::spec::DOCKER_CAPABILITY)
+    {
+        tracing::warn!("not advertising the docker label: no Docker engine is reachable");
+    }
+    config.labels = advertised_labels(&config.labels, docker.is_some());
     let outbox = Arc::new(outbox);
     let runner = Runner {
         outbox: outbox.clone(),
         executor,
+        docker: docker.map(|d| d as Arc<dyn Executor>),
         work_root: config.work_dir.clone(),
         keep_work_dirs: config.keep_work_dirs,
     };
@@ -382,5 +435,21 @@ async fn send_heartbeats(outbox: Arc<Outbox>, tx: mpsc::Sender<pb::AgentMessage>
         if tx.send(message(Body::Heartbeat(beat))).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_is_advertised_exactly_when_an_engine_answered() {
+        let asked = vec!["linux".to_string(), "docker".to_string()];
+        assert_eq!(advertised_labels(&asked, false), vec!["linux".to_string()]);
+        assert_eq!(
+            advertised_labels(&["linux".to_string()], true),
+            vec!["linux".to_string(), "docker".to_string()]
+        );
+        assert_eq!(advertised_labels(&asked, true), asked);
     }
 }

@@ -100,6 +100,7 @@ fn stand_in_agent(pid_file: PathBuf) {
                 std::fs::write(&tmp, format!("{pid}\n")).expect("write pid");
                 std::fs::rename(&tmp, &pid_file).expect("publish pid");
             }),
+            container: None,
         };
         let (tx, mut rx) = mpsc::channel(16);
         let (_cancel_tx, cancel) = watch::channel(false);

@@ -27,6 +27,7 @@ fn spec(command: &[&str], dir: &Path) -> ExecSpec {
         timeout: None,
         kill_grace: Duration::from_secs(5),
         on_start: Default::default(),
+        container: None,
     }
 }
 

@@ -7,10 +7,16 @@ use base64::Engine as _;
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use hodei_core::api::{EndEvent, ErrorBody, JobList, LogEvent, SubmitRequest, SubmitResponse};
+use hodei_core::api::{
+    EndEvent, ErrorBody, JobList, JobQuery, LogEvent, Stats, SubmitRequest, SubmitResponse,
+};
 use hodei_core::engine::WorkerInfo;
 use hodei_core::{Job, JobState, LogStream};
 use serde::de::DeserializeOwned;
+
+mod events;
+
+pub use events::{ApiEvent, Events};
 
 /// What went wrong talking to the orchestrator.
 #[derive(Debug, thiserror::Error)]
@@ -132,14 +138,63 @@ impl Client {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<JobList, ClientError> {
-        let mut path = format!("/jobs?limit={limit}");
-        if let Some(s) = state {
-            path.push_str(&format!("&state={s}"));
+        self.list_jobs(&JobQuery {
+            state,
+            limit: Some(limit),
+            cursor: cursor.map(str::to_string),
+            ..JobQuery::default()
+        })
+        .await
+    }
+
+    /// One page of jobs matching `query` (state, label, worker, name
+    /// prefix; cursor paging), newest first.
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<JobList, ClientError> {
+        let resp = self
+            .http
+            .get(self.url("/jobs"))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.parse(resp).await
+    }
+
+    /// The overview numbers (`GET /api/v1/stats`).
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        self.get_json("/stats").await
+    }
+
+    /// The OpenAPI document of the server's HTTP API.
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.get_json("/openapi.json").await
+    }
+
+    /// `Ok` when the server is ready (`GET /readyz`): its store answers and
+    /// its reactor runs.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        self.get_text("/readyz").await.map(|_| ())
+    }
+
+    /// The Prometheus metrics text (`GET /metrics`).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.get_text("/metrics").await
+    }
+
+    /// A plain-text endpoint outside `/api/v1`.
+    async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
+                ClientError::Protocol("error status without an error body".into())
+            }));
         }
-        if let Some(c) = cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        self.get_json(&path).await
+        resp.text().await.map_err(|e| self.unreachable(e))
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
@@ -156,13 +211,27 @@ impl Client {
         self.get_json("/workers").await
     }
 
-    /// The whole stored log of the current attempt (`None`: both streams in
-    /// arrival order).
+    /// The whole stored log of the current attempt (`None`: both streams
+    /// interleaved by time).
     pub async fn logs(&self, id: &str, stream: Option<LogStream>) -> Result<Bytes, ClientError> {
+        self.attempt_logs(id, stream, None).await
+    }
+
+    /// The whole stored log of one attempt (`None`: the current one).
+    pub async fn attempt_logs(
+        &self,
+        id: &str,
+        stream: Option<LogStream>,
+        attempt: Option<u32>,
+    ) -> Result<Bytes, ClientError> {
         let which = stream.map_or("both", LogStream::as_str);
+        let mut url = self.url(&format!("/jobs/{id}/logs?stream={which}"));
+        if let Some(a) = attempt {
+            url.push_str(&format!("&attempt={a}"));
+        }
         let resp = self
             .http
-            .get(self.url(&format!("/jobs/{id}/logs?stream={which}")))
+            .get(url)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
 use crate::log::LogStream;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, PullPolicy};
 
 /// `POST /api/v1/jobs`. Unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,15 @@ pub struct SubmitRequest {
     pub max_retries: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_grace_ms: Option<u64>,
+    /// CPU limit in millicores (1000 = one CPU); image jobs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+    /// Memory limit in bytes; image jobs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// `if-not-present` or `never`; absent: the agent's default. Image jobs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
 }
 
 impl SubmitRequest {
@@ -52,6 +61,9 @@ impl SubmitRequest {
             priority: self.priority,
             max_retries: self.max_retries,
             kill_grace_ms: self.kill_grace_ms,
+            cpu_millicores: self.cpu_millicores,
+            memory_bytes: self.memory_bytes,
+            pull_policy: self.pull_policy,
         };
         (self.id, spec)
     }
@@ -71,6 +83,107 @@ pub struct JobList {
     pub jobs: Vec<Job>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// Filters and paging of `GET /api/v1/jobs`, as a client sends them (every
+/// filter is optional; they combine with AND).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// Jobs that require this label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Jobs whose current (or last) attempt ran on this worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Jobs whose name starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// Finished jobs, by how they ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub succeeded: u64,
+    /// `failed`, `timed_out` and `lost`.
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl Finished {
+    /// Counts `n` jobs that ended in `state` (unfinished states are ignored).
+    pub fn add(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Failed | JobState::TimedOut | JobState::Lost => self.failed += n,
+            JobState::Cancelled => self.cancelled += n,
+            JobState::Queued | JobState::Assigned | JobState::Running => {}
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// Jobs that finished in one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteStats {
+    /// Start of the minute (Unix ms).
+    pub start_ms: i64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// Workers by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounts {
+    pub ready: u64,
+    pub busy: u64,
+    pub draining: u64,
+    pub offline: u64,
+}
+
+/// `GET /api/v1/stats`: the overview numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// When these numbers were taken (Unix ms).
+    pub at_ms: i64,
+    /// Jobs in each state; every state is present.
+    pub jobs: BTreeMap<String, u64>,
+    /// Jobs waiting for a worker (`queued`).
+    pub queue_depth: u64,
+    /// Jobs on a worker (`assigned` or `running`).
+    pub running: u64,
+    /// Jobs that finished in the last hour.
+    pub last_hour: Finished,
+    /// Jobs finished per minute over the last hour, oldest first (60 entries,
+    /// the last one the current, partial minute).
+    pub per_minute: Vec<MinuteStats>,
+    pub workers: WorkerCounts,
+}
+
+/// Event names of `GET /api/v1/events` (Server-Sent Events).
+pub mod events {
+    /// Sent once when the stream is subscribed: changes from now on are sent.
+    pub const READY: &str = "ready";
+    /// A job changed state; data is the [`crate::Job`] as stored.
+    pub const JOB: &str = "job";
+    /// A worker changed (state, slots in use, running jobs); data is the
+    /// [`crate::engine::WorkerInfo`].
+    pub const WORKER: &str = "worker";
+    /// Changes were missed (the client was too slow); data is how many.
+    /// Reload what is shown.
+    pub const LAGGED: &str = "lagged";
 }
 
 /// Every error body: a stable machine `code` and a human `message`.
@@ -136,6 +249,31 @@ mod tests {
         assert!(err.is_err());
         let ok: SubmitRequest = serde_json::from_str(r#"{"command":["true"]}"#).unwrap();
         assert_eq!(ok.into_parts().1.command, vec!["true"]);
+    }
+
+    #[test]
+    fn job_queries_serialize_only_what_is_set() {
+        let q = JobQuery {
+            state: Some(JobState::TimedOut),
+            name_prefix: Some("build".into()),
+            ..JobQuery::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&q).unwrap(),
+            serde_json::json!({"state": "timed_out", "name_prefix": "build"})
+        );
+    }
+
+    #[test]
+    fn finished_counts_group_failures() {
+        let mut f = Finished::default();
+        for s in JobState::ALL {
+            f.add(s, 1);
+        }
+        assert_eq!(
+            (f.succeeded, f.failed, f.cancelled, f.total()),
+            (1, 3, 1, 5)
+        );
     }
 
     #[test]

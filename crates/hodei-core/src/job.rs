@@ -81,18 +81,27 @@ pub enum Outcome {
     Cancelled,
     /// Hodei killed it because its timeout passed.
     TimedOut,
-    /// The command could not be started (127: not found, 126: not executable).
+    /// The command could not be started (127: not found, 126: not
+    /// executable, 125: its container could not be made, e.g. no image).
     SpawnFailed { code: i32, message: String },
+    /// The kernel's OOM killer ended it: it went past its memory limit.
+    /// Recorded as exit code 137 (128 + SIGKILL).
+    OomKilled,
 }
+
+/// Exit code of a job the OOM killer ended: 128 + SIGKILL, as shells and
+/// container engines report it.
+pub const OOM_EXIT_CODE: i32 = 137;
 
 impl Outcome {
     /// The state a job ends in after this outcome.
     pub fn final_state(&self) -> JobState {
         match self {
             Outcome::Exited { code: 0 } => JobState::Succeeded,
-            Outcome::Exited { .. } | Outcome::Signaled { .. } | Outcome::SpawnFailed { .. } => {
-                JobState::Failed
-            }
+            Outcome::Exited { .. }
+            | Outcome::Signaled { .. }
+            | Outcome::SpawnFailed { .. }
+            | Outcome::OomKilled => JobState::Failed,
             Outcome::Cancelled => JobState::Cancelled,
             Outcome::TimedOut => JobState::TimedOut,
         }
@@ -103,6 +112,7 @@ impl Outcome {
         match self {
             Outcome::Exited { code } | Outcome::SpawnFailed { code, .. } => Some(*code),
             Outcome::Signaled { signal } => Some(128 + signal),
+            Outcome::OomKilled => Some(OOM_EXIT_CODE),
             Outcome::Cancelled | Outcome::TimedOut => None,
         }
     }
@@ -249,6 +259,7 @@ pub fn transition(job: &Job, event: &JobEvent, now: Millis) -> Result<Job, Trans
             next.exit_code = outcome.exit_code();
             next.signal = match outcome {
                 Outcome::Signaled { signal } => Some(*signal),
+                Outcome::OomKilled => Some(OOM_EXIT_CODE - 128),
                 _ => None,
             };
             next.reason = match outcome {
@@ -258,6 +269,7 @@ pub fn transition(job: &Job, event: &JobEvent, now: Millis) -> Result<Job, Trans
                     job.spec.timeout_ms.unwrap_or_default()
                 )),
                 Outcome::Cancelled => job.reason.clone(),
+                Outcome::OomKilled => Some(oom_reason(job.spec.memory_bytes)),
                 Outcome::Exited { .. } | Outcome::Signaled { .. } => None,
             };
             next.finished_at = Some(now);
@@ -286,6 +298,17 @@ pub fn transition(job: &Job, event: &JobEvent, now: Millis) -> Result<Job, Trans
         _ => return Err(illegal()),
     }
     Ok(next)
+}
+
+/// Why a job the OOM killer ended failed, naming its memory limit.
+pub fn oom_reason(memory_bytes: Option<u64>) -> String {
+    match memory_bytes {
+        Some(limit) => format!(
+            "out of memory: killed by the OOM killer at its memory limit of {}",
+            crate::spec::human_bytes(limit)
+        ),
+        None => "out of memory: killed by the OOM killer (no memory limit was set)".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -414,6 +437,7 @@ mod tests {
                 JobState::Failed,
                 Some(127),
             ),
+            (Outcome::OomKilled, JobState::Failed, Some(137)),
         ];
         for (outcome, state, code) in cases {
             let job = job_in(JobState::Running, 1);
@@ -429,6 +453,36 @@ mod tests {
             assert_eq!((done.state, done.exit_code), (state, code));
             assert_eq!(done.finished_at, Some(9));
         }
+    }
+
+    #[test]
+    fn an_oom_kill_fails_the_job_with_137_and_names_the_limit() {
+        let mut job = job_in(JobState::Running, 1);
+        job.spec.image = Some("busybox".into());
+        job.spec.memory_bytes = Some(32 << 20);
+        let done = transition(
+            &job,
+            &JobEvent::Finished {
+                attempt: 1,
+                outcome: Outcome::OomKilled,
+            },
+            3,
+        )
+        .unwrap();
+        assert_eq!(done.state, JobState::Failed);
+        assert_eq!((done.exit_code, done.signal), (Some(137), Some(9)));
+        let reason = done.reason.unwrap_or_default();
+        assert!(reason.contains("out of memory"), "{reason}");
+        assert!(reason.contains("32 MiB"), "{reason}");
+        assert!(oom_reason(None).contains("no memory limit"));
+    }
+
+    #[test]
+    fn oom_outcomes_serialize_with_their_kind() {
+        let json = serde_json::to_string(&Outcome::OomKilled).unwrap();
+        assert_eq!(json, r#"{"kind":"oom_killed"}"#);
+        let back: Outcome = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Outcome::OomKilled);
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub mod limits {
     pub const MAX_RETRIES: u32 = 100;
     /// 30 days.
     pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+    /// 1000 CPUs.
+    pub const MAX_CPU_MILLICORES: u64 = 1_000_000;
+    /// The Docker engine refuses memory limits below 6 MiB.
+    pub const MIN_MEMORY_BYTES: u64 = 6 << 20;
+    /// 1 PiB.
+    pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
 }
 
 /// The capability a worker must advertise to run jobs that have an image.
@@ -27,6 +33,74 @@ pub const DOCKER_CAPABILITY: &str = "docker";
 
 /// Default SIGTERM → SIGKILL grace when a job does not set one.
 pub const DEFAULT_KILL_GRACE_MS: u64 = 10_000;
+
+/// When a worker pulls a job's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Pull the image only when the worker does not have it (the default).
+    #[default]
+    IfNotPresent,
+    /// Never pull: a job whose image the worker lacks fails at once.
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Never => "never",
+        }
+    }
+
+    /// Parses `if-not-present` or `never`.
+    pub fn parse(s: &str) -> Result<PullPolicy, String> {
+        match s {
+            "if-not-present" => Ok(PullPolicy::IfNotPresent),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!(
+                "unknown pull policy {:?}: use if-not-present or never",
+                s.chars().take(40).collect::<String>()
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses a CPU amount into millicores: `500m` (millicores), or a number of
+/// CPUs such as `2` or `1.5`.
+pub fn parse_cpu(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("invalid CPU amount {s:?}: expected e.g. 500m, 2 or 1.5");
+    let millis = if let Some(m) = t.strip_suffix('m') {
+        m.parse::<u64>().map_err(|_| bad())?
+    } else {
+        let cpus: f64 = t.parse().map_err(|_| bad())?;
+        if !cpus.is_finite() || cpus < 0.0 || cpus > limits::MAX_CPU_MILLICORES as f64 {
+            return Err(bad());
+        }
+        (cpus * 1000.0).round() as u64
+    };
+    if millis == 0 {
+        return Err(format!("invalid CPU amount {s:?}: must be more than 0"));
+    }
+    Ok(millis)
+}
+
+/// A byte count for people: `256 MiB`, `1 GiB`, or plain bytes.
+pub fn human_bytes(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
+}
 
 /// Everything a user says about a job. Identity and state live in [`crate::Job`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +124,16 @@ pub struct JobSpec {
     pub max_retries: u32,
     /// SIGTERM → SIGKILL grace on cancel or timeout.
     pub kill_grace_ms: Option<u64>,
+    /// CPU limit of the job's container in millicores (1000 = one CPU).
+    /// Only for jobs with an image.
+    pub cpu_millicores: Option<u64>,
+    /// Memory limit of the job's container in bytes (no swap beyond it).
+    /// Only for jobs with an image.
+    pub memory_bytes: Option<u64>,
+    /// When the worker pulls the image; `None`: the agent's default
+    /// (`if-not-present` unless the agent says otherwise). Only for jobs
+    /// with an image.
+    pub pull_policy: Option<PullPolicy>,
 }
 
 impl JobSpec {
@@ -185,6 +269,44 @@ impl JobSpec {
         if self.max_retries > MAX_RETRIES {
             return bad("max_retries", format!("must be at most {MAX_RETRIES}"));
         }
+        self.validate_container()
+    }
+
+    /// The container-only fields: limits in range, and only with an image.
+    fn validate_container(&self) -> Result<(), InvalidInput> {
+        use limits::*;
+        let bad = |field: &str, msg: String| Err(InvalidInput::new(field, msg));
+        let container_only = [
+            ("cpu_millicores", self.cpu_millicores.is_some()),
+            ("memory_bytes", self.memory_bytes.is_some()),
+            ("pull_policy", self.pull_policy.is_some()),
+        ];
+        if self.image.is_none()
+            && let Some((field, _)) = container_only.iter().find(|(_, set)| *set)
+        {
+            return bad(
+                field,
+                "applies only to jobs with an image (container jobs)".into(),
+            );
+        }
+        if let Some(cpu) = self.cpu_millicores
+            && !(1..=MAX_CPU_MILLICORES).contains(&cpu)
+        {
+            return bad(
+                "cpu_millicores",
+                format!("must be between 1 and {MAX_CPU_MILLICORES} (1000 = one CPU)"),
+            );
+        }
+        if let Some(mem) = self.memory_bytes
+            && !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&mem)
+        {
+            return bad(
+                "memory_bytes",
+                format!(
+                    "must be between {MIN_MEMORY_BYTES} (6 MiB, the engine's minimum) and {MAX_MEMORY_BYTES}"
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -294,6 +416,47 @@ mod tests {
     }
 
     #[test]
+    fn container_limits_are_accepted_with_an_image() {
+        let spec = JobSpec {
+            image: Some("busybox".into()),
+            cpu_millicores: Some(500),
+            memory_bytes: Some(limits::MIN_MEMORY_BYTES),
+            pull_policy: Some(PullPolicy::Never),
+            ..JobSpec::command(["true"])
+        };
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn cpu_amounts_parse_to_millicores() {
+        assert_eq!(parse_cpu("500m"), Ok(500));
+        assert_eq!(parse_cpu("2"), Ok(2000));
+        assert_eq!(parse_cpu("1.5"), Ok(1500));
+        assert_eq!(parse_cpu("0.25"), Ok(250));
+        for bad in ["", "0", "0m", "-1", "x", "5 cpus", "1e30", "NaN"] {
+            assert!(parse_cpu(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn pull_policies_round_trip() {
+        for p in [PullPolicy::IfNotPresent, PullPolicy::Never] {
+            assert_eq!(PullPolicy::parse(p.as_str()), Ok(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+        }
+        assert!(PullPolicy::parse("always").is_err());
+    }
+
+    #[test]
+    fn byte_counts_read_well() {
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(2 << 30), "2 GiB");
+        assert_eq!(human_bytes(1000), "1000 bytes");
+        assert_eq!(human_bytes((1 << 20) + 1), "1048577 bytes");
+    }
+
+    #[test]
     fn image_jobs_require_docker() {
         let spec = JobSpec {
             image: Some("rust:1.70".into()),
@@ -336,6 +499,43 @@ mod tests {
                 "max_retries",
             ),
             (JobSpec::command(["a\0b"]), "command"),
+            (
+                JobSpec {
+                    memory_bytes: Some(64 << 20),
+                    ..JobSpec::command(["true"])
+                },
+                "memory_bytes",
+            ),
+            (
+                JobSpec {
+                    image: Some("busybox".into()),
+                    memory_bytes: Some(1024),
+                    ..JobSpec::command(["true"])
+                },
+                "memory_bytes",
+            ),
+            (
+                JobSpec {
+                    image: Some("busybox".into()),
+                    cpu_millicores: Some(0),
+                    ..JobSpec::command(["true"])
+                },
+                "cpu_millicores",
+            ),
+            (
+                JobSpec {
+                    cpu_millicores: Some(500),
+                    ..JobSpec::command(["true"])
+                },
+                "cpu_millicores",
+            ),
+            (
+                JobSpec {
+                    pull_policy: Some(PullPolicy::Never),
+                    ..JobSpec::command(["true"])
+                },
+                "pull_policy",
+            ),
         ];
         for (spec, field) in cases {
             assert_eq!(spec.validate().unwrap_err().field, field);

@@ -3,6 +3,7 @@
 
 use hodei_core::engine::{EngineError, ToAgent, WorkerInfo};
 use hodei_core::log::StreamTotal;
+use hodei_core::spec::PullPolicy;
 use hodei_core::{Job, JobSpec, LogStream, Outcome};
 use hwp_proto::pb;
 use tonic::Status;
@@ -10,9 +11,10 @@ use tonic::Status;
 use crate::reactor::HubError;
 
 /// The job spec carried by a seed `AssignJobRequest` plus its additions.
-pub fn spec_from_request(req: &pb::AssignJobRequest) -> JobSpec {
+pub fn spec_from_request(req: &pb::AssignJobRequest) -> Result<JobSpec, Status> {
     let ext = req.spec.clone().unwrap_or_default();
-    JobSpec {
+    let pull_policy = pull_policy(ext.pull_policy)?;
+    Ok(JobSpec {
         name: req.name.clone(),
         command: req.command.clone(),
         image: Some(req.image.clone()).filter(|i| !i.is_empty()),
@@ -23,6 +25,29 @@ pub fn spec_from_request(req: &pb::AssignJobRequest) -> JobSpec {
         priority: ext.priority,
         max_retries: ext.max_retries,
         kill_grace_ms: Some(ext.kill_grace_ms).filter(|g| *g > 0),
+        cpu_millicores: Some(ext.cpu_millicores).filter(|c| *c > 0),
+        memory_bytes: Some(ext.memory_bytes).filter(|m| *m > 0),
+        pull_policy,
+    })
+}
+
+/// A wire pull policy; unspecified is the agent's default (`None`).
+pub fn pull_policy(value: i32) -> Result<Option<PullPolicy>, Status> {
+    match pb::PullPolicy::try_from(value) {
+        Ok(pb::PullPolicy::Unspecified) => Ok(None),
+        Ok(pb::PullPolicy::IfNotPresent) => Ok(Some(PullPolicy::IfNotPresent)),
+        Ok(pb::PullPolicy::Never) => Ok(Some(PullPolicy::Never)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "invalid pull_policy: {value} is not a pull policy (1 = if-not-present, 2 = never)"
+        ))),
+    }
+}
+
+fn wire_pull_policy(policy: Option<PullPolicy>) -> pb::PullPolicy {
+    match policy {
+        None => pb::PullPolicy::Unspecified,
+        Some(PullPolicy::IfNotPresent) => pb::PullPolicy::IfNotPresent,
+        Some(PullPolicy::Never) => pb::PullPolicy::Never,
     }
 }
 
@@ -35,6 +60,9 @@ fn spec_ext(spec: &JobSpec) -> pb::JobSpecExt {
         priority: spec.priority,
         max_retries: spec.max_retries,
         kill_grace_ms: spec.kill_grace_ms(),
+        cpu_millicores: spec.cpu_millicores.unwrap_or_default(),
+        memory_bytes: spec.memory_bytes.unwrap_or_default(),
+        pull_policy: wire_pull_policy(spec.pull_policy) as i32,
     }
 }
 
@@ -63,6 +91,7 @@ pub fn outcome(result: &pb::JobResult) -> Result<Outcome, Status> {
             code: result.exit_code,
             message: result.message.clone(),
         },
+        Ok(pb::Outcome::OomKilled) => Outcome::OomKilled,
         Err(_) => {
             return Err(Status::invalid_argument(format!(
                 "invalid outcome: {} is not a known outcome",
@@ -172,5 +201,72 @@ pub fn status(err: EngineError) -> Status {
 impl From<HubError> for Status {
     fn from(e: HubError) -> Status {
         Status::unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_fields_survive_the_wire_both_ways() {
+        let spec = JobSpec {
+            image: Some("busybox:1".into()),
+            kill_grace_ms: Some(2_000),
+            cpu_millicores: Some(1_500),
+            memory_bytes: Some(64 << 20),
+            pull_policy: Some(PullPolicy::Never),
+            ..JobSpec::command(["sh", "-c", "true"])
+        };
+        let req = pb::AssignJobRequest {
+            job_id: "j".into(),
+            name: spec.name.clone(),
+            image: "busybox:1".into(),
+            command: spec.command.clone(),
+            spec: Some(spec_ext(&spec)),
+        };
+        assert_eq!(spec_from_request(&req).unwrap(), spec);
+        let plain = JobSpec {
+            kill_grace_ms: Some(1),
+            ..JobSpec::command(["true"])
+        };
+        let req = pb::AssignJobRequest {
+            command: plain.command.clone(),
+            spec: Some(spec_ext(&plain)),
+            ..Default::default()
+        };
+        let back = spec_from_request(&req).unwrap();
+        assert_eq!(
+            (back.cpu_millicores, back.memory_bytes, back.pull_policy),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn unknown_pull_policies_are_invalid_arguments() {
+        let req = pb::AssignJobRequest {
+            command: vec!["true".into()],
+            spec: Some(pb::JobSpecExt {
+                pull_policy: 42,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = spec_from_request(&req).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("pull_policy"));
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_the_wire() {
+        let result = pb::JobResult {
+            job_id: "j".into(),
+            exit_code: 137,
+            attempt: 1,
+            outcome: pb::Outcome::OomKilled as i32,
+            signal: 9,
+            ..Default::default()
+        };
+        assert_eq!(outcome(&result).unwrap(), Outcome::OomKilled);
     }
 }

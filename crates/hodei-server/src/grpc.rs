@@ -98,7 +98,7 @@ impl WorkerService for HwpService {
         request: Request<pb::AssignJobRequest>,
     ) -> Result<Response<pb::JobAccepted>, Status> {
         let req = request.into_inner();
-        let spec = convert::spec_from_request(&req);
+        let spec = convert::spec_from_request(&req)?;
         let id = if req.job_id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {

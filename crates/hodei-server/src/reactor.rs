@@ -191,6 +191,7 @@ impl Reactor {
                         waiting.push((req, reply));
                     }
                     fill_existing(&mut input, &stored);
+                    crate::metrics::on_input(&input);
                     self.engine.handle(input, now, &mut out);
                 }
             }
@@ -199,6 +200,7 @@ impl Reactor {
         if !out.writes.is_empty() {
             self.commit(&out.writes).await?;
         }
+        crate::metrics::on_batch(&out, self.engine.queue_len());
         for (session, msg) in out.messages {
             if let Some(tx) = self.sessions.get(&session)
                 && tx.send(msg).is_err()
@@ -249,7 +251,10 @@ impl Reactor {
     async fn commit(&self, writes: &hodei_core::engine::Writes) -> Result<(), StoreError> {
         let mut attempt = 1;
         loop {
-            match self.store.commit(writes).await {
+            let started = std::time::Instant::now();
+            let committed = self.store.commit(writes).await;
+            crate::metrics::on_commit(started.elapsed(), committed.is_ok());
+            match committed {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < COMMIT_ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "store commit failed; retrying");

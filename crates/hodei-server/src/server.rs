@@ -1,5 +1,7 @@
 //! Starting and stopping an orchestrator: open the store, recover the
-//! engine, start the reactor, and serve gRPC (HWP) and HTTP on one port.
+//! engine, start the reactor, and serve on one port: gRPC (HWP, health
+//! `grpc.health.v1`, reflection v1 and v1alpha) and HTTP (API, metrics,
+//! dashboard).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,8 +13,12 @@ use axum::serve::ListenerExt;
 use hodei_core::engine::{Engine, EngineConfig, Input};
 use hwp_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Layer as _;
 
 use crate::grpc::HwpService;
+use crate::grpc_metrics::GrpcMetricsLayer;
 use crate::http::{self, AppState};
 use crate::reactor::{self, Hub, now_ms};
 use crate::store::{LogQuery, SqliteStore, Store, StoreError};
@@ -63,6 +69,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("the reactor stopped unexpectedly")]
     ReactorGone,
+    #[error("cannot build the gRPC reflection service: {0}")]
+    Reflection(String),
 }
 
 /// Size and checksum of the stored log of each unfinished attempt, read back
@@ -104,6 +112,7 @@ pub struct Server {
     hub: Hub,
     listener: TcpListener,
     app: axum::Router,
+    health: HealthReporter,
     reactor: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
@@ -141,12 +150,42 @@ impl Server {
         let grpc = WorkerServiceServer::new(grpc)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        // gRPC calls are routed by their service path; everything else is HTTP.
+        crate::metrics::install();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<WorkerServiceServer<HwpService>>()
+            .await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(hwp_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        // gRPC calls are routed by their service path; everything else is
+        // HTTP. Every gRPC service is counted by method and status.
+        let counted = GrpcMetricsLayer;
         let app = http::router(AppState {
             hub: hub.clone(),
             store,
         })
-        .route_service("/hwp.WorkerService/{*method}", grpc);
+        .route_service("/hwp.WorkerService/{*method}", counted.layer(grpc))
+        .route_service(
+            "/grpc.health.v1.Health/{*method}",
+            counted.layer(health_service),
+        )
+        .route_service(
+            "/grpc.reflection.v1.ServerReflection/{*method}",
+            counted.layer(reflection_v1),
+        )
+        .route_service(
+            "/grpc.reflection.v1alpha.ServerReflection/{*method}",
+            counted.layer(reflection_v1alpha),
+        );
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -160,6 +199,7 @@ impl Server {
             hub,
             listener,
             app,
+            health,
             reactor,
         })
     }
@@ -179,6 +219,7 @@ impl Server {
             hub,
             listener,
             app,
+            health,
             mut reactor,
         } = self;
         tracing::info!(%addr, "hodei server listening (gRPC HWP and HTTP API)");
@@ -188,8 +229,22 @@ impl Server {
             }
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let upkeep = tokio::spawn(async {
+            let mut every = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
+            loop {
+                every.tick().await;
+                crate::metrics::upkeep();
+            }
+        });
         tokio::spawn(async move {
             shutdown.await;
+            // Health checkers see the orchestrator going away first.
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<WorkerServiceServer<HwpService>>()
+                .await;
             tracing::info!(
                 "shutting down: refusing new connections, telling agents to reconnect later"
             );
@@ -208,6 +263,7 @@ impl Server {
             let _ = graceful.wait_for(|stop| *stop).await;
         });
         let mut deadline = stop_rx;
+        let _upkeep = AbortOnDrop(upkeep);
         tokio::select! {
             served = serve => served?,
             // Long-lived streams (agent sessions, log followers) do not end
@@ -224,5 +280,14 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

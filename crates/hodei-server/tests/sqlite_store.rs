@@ -81,6 +81,9 @@ async fn commit_and_get_round_trip_every_field() {
         priority: -7,
         max_retries: 3,
         kill_grace_ms: Some(2_500),
+        cpu_millicores: Some(1_500),
+        memory_bytes: Some(256 << 20),
+        pull_policy: Some(hodei_core::spec::PullPolicy::Never),
     };
     let full = Job {
         id: "job-1".into(),
@@ -150,6 +153,7 @@ async fn list_by_state_pages_with_the_seq_cursor() {
         state: Some(JobState::Queued),
         before_seq: None,
         limit: 30,
+        ..JobFilter::default()
     };
     let mut seen = Vec::new();
     loop {
@@ -179,6 +183,7 @@ async fn list_by_state_pages_with_the_seq_cursor() {
         state: Some(JobState::Running),
         before_seq: Some(10),
         limit: 10,
+        ..JobFilter::default()
     };
     let seqs: Vec<u64> = store
         .list_jobs(&running_before_10)

@@ -150,11 +150,21 @@ async fn a_gracefully_stopped_orchestrator_loses_nothing() {
     let flags = ["--lease-grace", "20s", "--heartbeat-interval", "1s"];
     let mut server = ServerProc::start(&data, &flags);
     let addr = server.addr().to_string();
-    let _agent = AgentProc::start(&server.url, "calm", &dir.path().join("work"), &["--slots", "1"]);
+    let _agent = AgentProc::start(
+        &server.url,
+        "calm",
+        &dir.path().join("work"),
+        &["--slots", "1"],
+    );
     let client = server.client();
     wait_workers_ready(&client, 1).await;
     let runs = dir.path().join("runs");
-    let id = client.submit(&counting_job(30, "0.1", &runs)).await.expect("submit").job.id;
+    let id = client
+        .submit(&counting_job(30, "0.1", &runs))
+        .await
+        .expect("submit")
+        .job
+        .id;
     wait_for(Duration::from_secs(10), "some output", || async {
         let log = client.logs(&id, Some(LogStream::Stdout)).await.ok()?;
         (log.len() > 20).then_some(())
@@ -164,7 +174,10 @@ async fn a_gracefully_stopped_orchestrator_loses_nothing() {
     let stopping = std::time::Instant::now();
     server.stop();
     let stop_time = stopping.elapsed();
-    assert!(stop_time < Duration::from_secs(8), "graceful stop took {stop_time:?}");
+    assert!(
+        stop_time < Duration::from_secs(8),
+        "graceful stop took {stop_time:?}"
+    );
     let server = ServerProc::start_on(&data, &addr, &flags);
     let client = server.client();
     let job = wait_for(Duration::from_secs(30), "the job to finish", || async {
@@ -172,9 +185,22 @@ async fn a_gracefully_stopped_orchestrator_loses_nothing() {
         job.state.is_terminal().then_some(job)
     })
     .await;
-    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 1), "{job:?}");
-    let log = client.logs(&id, Some(LogStream::Stdout)).await.expect("log");
+    assert_eq!(
+        (job.state, job.attempt),
+        (JobState::Succeeded, 1),
+        "{job:?}"
+    );
+    let log = client
+        .logs(&id, Some(LogStream::Stdout))
+        .await
+        .expect("log");
     assert_eq!(String::from_utf8_lossy(&log), expected_lines(30));
-    assert_eq!(std::fs::read_to_string(&runs).expect("runs").lines().count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&runs)
+            .expect("runs")
+            .lines()
+            .count(),
+        1
+    );
     eprintln!("graceful stop took {stop_time:?}");
 }

@@ -13,5 +13,41 @@ pub mod pb {
     tonic::include_proto!("hwp");
 }
 
+/// The encoded `FileDescriptorSet` of `hwp.proto` (package `hwp`), for gRPC
+/// server reflection and for tools that need the schema at run time.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/hwp_descriptor.bin"));
+
 /// The protocol version an agent announces in `Hello.protocol_version`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    #[test]
+    fn descriptor_set_describes_the_worker_service() {
+        let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes");
+        let file = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "hwp")
+            .expect("package hwp");
+        let service = file
+            .service
+            .iter()
+            .find(|s| s.name() == "WorkerService")
+            .expect("service WorkerService");
+        let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        for rpc in [
+            "RegisterWorker",
+            "AssignJob",
+            "StreamLogs",
+            "CancelJob",
+            "Attach",
+        ] {
+            assert!(methods.contains(&rpc), "{rpc} missing from {methods:?}");
+        }
+    }
+}

@@ -243,8 +243,18 @@ pub struct WorkerRecord {
 /// What changed, for live followers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    JobChanged { job_id: String, state: JobState },
-    LogAppended { job_id: String },
+    JobChanged {
+        job_id: String,
+        state: JobState,
+    },
+    LogAppended {
+        job_id: String,
+    },
+    /// A worker attached, detached, registered, started draining or went
+    /// offline. (Its running jobs change with `JobChanged` notices.)
+    WorkerChanged {
+        worker_id: String,
+    },
 }
 
 /// What one batch must make durable, in one transaction.
@@ -419,7 +429,7 @@ impl Engine {
             } => self.attach(session, worker_id, labels, slots, running, now, out),
             Input::Detach { session } => self.detach(session, now, out),
             Input::Heartbeat { session } => self.touch(session, now),
-            Input::Drain { session } => self.drain(session, now),
+            Input::Drain { session } => self.drain(session, now, out),
             Input::Started {
                 session,
                 job_id,

@@ -601,6 +601,48 @@ fn workers_report_their_state() {
     );
 }
 
+fn worker_notices(out: &Output) -> Vec<&str> {
+    out.notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::WorkerChanged { worker_id } => Some(worker_id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn worker_changes_are_announced() {
+    let mut e = engine();
+    let out = batch(&mut e, 0, vec![attach(1, "w", &[], 1)]);
+    assert_eq!(worker_notices(&out), ["w"], "attach");
+    let out = batch(&mut e, 1, vec![Input::Heartbeat { session: 1 }]);
+    assert!(
+        worker_notices(&out).is_empty(),
+        "heartbeats are not notices"
+    );
+    let out = batch(&mut e, 2, vec![Input::Drain { session: 1 }]);
+    assert_eq!(worker_notices(&out), ["w"], "drain");
+    let out = batch(&mut e, 3, vec![Input::Detach { session: 1 }]);
+    assert_eq!(worker_notices(&out), ["w"], "detach");
+    let out = batch(&mut e, 4, vec![Input::Drain { session: 1 }]);
+    assert!(worker_notices(&out).is_empty(), "drain of a closed session");
+    let out = batch(
+        &mut e,
+        5,
+        vec![Input::Register {
+            req: 1,
+            worker_id: "seed".into(),
+            labels: vec![],
+            slots: 2,
+        }],
+    );
+    assert_eq!(worker_notices(&out), ["seed"], "register");
+    batch(&mut e, 6, vec![attach(2, "x", &[], 1)]);
+    let out = batch(&mut e, 6 + GRACE as i64 + 1, vec![Input::Tick]);
+    assert_eq!(worker_notices(&out), ["x"], "lease expiry");
+}
+
 #[test]
 fn a_result_with_bytes_missing_waits_for_them() {
     let mut e = engine();

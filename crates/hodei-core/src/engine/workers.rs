@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::{
-    AttemptRef, Engine, EngineError, Output, Reply, RequestId, SessionId, ToAgent, Worker,
+    AttemptRef, Engine, EngineError, Notice, Output, Reply, RequestId, SessionId, ToAgent, Worker,
     WorkerInfo, WorkerRecord,
 };
 use crate::job::{JobEvent, JobState, Millis};
@@ -47,8 +47,12 @@ impl Engine {
         }
     }
 
+    /// Records the worker's durable state and announces the change.
     fn record(&self, id: &str, out: &mut Output) {
         if let Some(w) = self.workers.get(id) {
+            out.notices.push(Notice::WorkerChanged {
+                worker_id: id.to_string(),
+            });
             out.writes.workers.insert(
                 id.to_string(),
                 WorkerRecord {
@@ -209,14 +213,16 @@ impl Engine {
         }
     }
 
-    pub(super) fn drain(&mut self, session: SessionId, now: Millis) {
-        if let Some(w) = self
-            .sessions
-            .get(&session)
-            .and_then(|id| self.workers.get_mut(id))
-        {
+    pub(super) fn drain(&mut self, session: SessionId, now: Millis, out: &mut Output) {
+        let Some(id) = self.sessions.get(&session) else {
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(id) {
             w.draining = true;
             w.last_seen = now;
+            out.notices.push(Notice::WorkerChanged {
+                worker_id: id.clone(),
+            });
         }
     }
 

@@ -1,4 +1,5 @@
-//! Job and worker endpoints: submit, get, list, cancel, workers.
+//! Job and worker endpoints: submit, get, list (filters, cursor paging),
+//! cancel, workers.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -6,12 +7,21 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use hodei_core::api::{JobList, SubmitRequest, SubmitResponse};
 use hodei_core::engine::{Input, Reply, WorkerInfo};
-use hodei_core::spec::validate_job_id;
+use hodei_core::spec::{limits, validate_job_id, validate_label, validate_worker_id};
 use hodei_core::{Job, JobState};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
+use super::schema::{
+    ErrorBodySchema, JobListSchema, JobSchema, SubmitRequestSchema, SubmitResponseSchema,
+    WorkerInfoSchema,
+};
 use super::{ApiError, AppState};
 use crate::store::JobFilter;
+
+/// Default and largest page of `GET /api/v1/jobs`.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
 
 /// Validates a job id taken from the path.
 pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -20,6 +30,22 @@ pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String
     Ok(id)
 }
 
+/// Submit a job (the same spec as `hodei run`). Idempotent on `id`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    request_body = SubmitRequestSchema,
+    responses(
+        (status = 201, description = "Job created", body = SubmitResponseSchema),
+        (status = 200, description = "An identical job with this id existed", body = SubmitResponseSchema),
+        (status = 400, description = "Malformed JSON, unknown field or invalid spec", body = ErrorBodySchema),
+        (status = 409, description = "The id exists with another spec", body = ErrorBodySchema),
+        (status = 413, description = "Body over 4 MiB", body = ErrorBodySchema),
+        (status = 415, description = "Not `application/json`", body = ErrorBodySchema),
+        (status = 503, description = "The orchestrator is stopping", body = ErrorBodySchema),
+    )
+)]
 pub async fn submit(
     State(app): State<AppState>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
@@ -49,6 +75,18 @@ pub async fn submit(
     }
 }
 
+/// One job.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobSchema),
+        (status = 400, description = "Invalid job id", body = ErrorBodySchema),
+        (status = 404, description = "No such job", body = ErrorBodySchema),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -60,58 +98,138 @@ pub async fn get(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Filters and paging of the job list. Filters combine with AND.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    state: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<String>,
+    /// Only jobs in this state (queued, assigned, running, succeeded,
+    /// failed, cancelled, timed_out, lost).
+    pub state: Option<String>,
+    /// Only jobs that require this label.
+    pub label: Option<String>,
+    /// Only jobs whose current (or last) attempt was on this worker.
+    pub worker: Option<String>,
+    /// Only jobs whose name starts with this (case-sensitive).
+    pub name_prefix: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
+/// Blank query values mean "no filter" (an empty form field).
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+impl ListQuery {
+    /// The store filter for this query (asking one job more than the page,
+    /// to know whether another page follows), or what is wrong with it.
+    pub fn filter(self) -> Result<JobFilter, ApiError> {
+        let state = match non_empty(self.state) {
+            None => None,
+            Some(s) => Some(JobState::parse(&s).ok_or_else(|| {
+                ApiError::invalid(
+                    "state",
+                    format!(
+                        "unknown state {s:?}; one of {}",
+                        JobState::ALL.map(|s| s.as_str()).join(", ")
+                    ),
+                )
+            })?),
+        };
+        let label = non_empty(self.label);
+        if let Some(l) = &label {
+            validate_label(l).map_err(|m| ApiError::invalid("label", m))?;
+        }
+        let worker = non_empty(self.worker);
+        if let Some(w) = &worker {
+            validate_worker_id(w).map_err(|e| ApiError::invalid("worker", e.message))?;
+        }
+        let name_prefix = non_empty(self.name_prefix);
+        if let Some(p) = &name_prefix
+            && (p.len() > limits::MAX_NAME_LEN || p.contains('\0'))
+        {
+            return Err(ApiError::invalid(
+                "name_prefix",
+                format!("must be at most {} bytes without NUL", limits::MAX_NAME_LEN),
+            ));
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let before_seq = match non_empty(self.cursor) {
+            None => None,
+            Some(c) => Some(c.parse::<u64>().map_err(|_| {
+                ApiError::invalid(
+                    "cursor",
+                    format!("{c:?} is not a cursor from a previous page"),
+                )
+            })?),
+        };
+        Ok(JobFilter {
+            state,
+            label,
+            worker,
+            name_prefix,
+            before_seq,
+            limit: limit + 1,
+        })
+    }
+}
+
+/// Reads one page; `filter.limit` is the page size plus one.
+pub(crate) async fn list_page(app: &AppState, filter: &JobFilter) -> Result<JobList, ApiError> {
+    let page = filter.limit.saturating_sub(1) as usize;
+    let mut jobs = app.store.list_jobs(filter).await?;
+    let more = jobs.len() > page;
+    jobs.truncate(page);
+    let next_cursor = more
+        .then(|| jobs.last().map(|j| j.seq.to_string()))
+        .flatten();
+    Ok(JobList { jobs, next_cursor })
+}
+
+/// Jobs, newest first, filtered, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs; `next_cursor` is absent on the last page", body = JobListSchema),
+        (status = 400, description = "Unknown parameter or invalid filter", body = ErrorBodySchema),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(q) = query?;
-    let state = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "state",
-                format!(
-                    "unknown state {s:?}; one of {}",
-                    JobState::ALL.map(|s| s.as_str()).join(", ")
-                ),
-            )
-        })?),
-    };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
-    }
-    let before_seq = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<u64>().map_err(|_| {
-            ApiError::invalid(
-                "cursor",
-                format!("{c:?} is not a cursor from a previous page"),
-            )
-        })?),
-    };
-    let jobs = app
-        .store
-        .list_jobs(&JobFilter {
-            state,
-            before_seq,
-            limit,
-        })
-        .await?;
-    let next_cursor = (jobs.len() as u32 == limit)
-        .then(|| jobs.last().map(|j| j.seq.to_string()))
-        .flatten();
-    Ok(Json(JobList { jobs, next_cursor }))
+    let filter = q.filter()?;
+    Ok(Json(list_page(&app, &filter).await?))
 }
 
+/// Cancel a job: a queued job at once; an assigned or running one is killed
+/// by its agent (the job ends `cancelled` when the agent reports).
+/// Cancelling a finished job changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job after the request", body = JobSchema),
+        (status = 400, description = "Invalid job id", body = ErrorBodySchema),
+        (status = 404, description = "No such job", body = ErrorBodySchema),
+        (status = 503, description = "The orchestrator is stopping", body = ErrorBodySchema),
+    )
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -132,9 +250,25 @@ pub async fn cancel(
     }
 }
 
-pub async fn workers(State(app): State<AppState>) -> Result<Json<Vec<WorkerInfo>>, ApiError> {
+/// The workers: labels, slots, running jobs, state, last heartbeat.
+pub(crate) async fn worker_list(app: &AppState) -> Result<Vec<WorkerInfo>, ApiError> {
     match app.hub.request(|req| Input::ListWorkers { req }).await? {
-        Reply::Workers(list) => Ok(Json(list)),
+        Reply::Workers(list) => Ok(list),
         other => Err(ApiError::from_reply(other)),
     }
+}
+
+/// Every worker that ever registered, with its labels, slots, running jobs
+/// (slots in use), state and last heartbeat.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workers",
+    tag = "workers",
+    responses(
+        (status = 200, description = "Workers by id", body = Vec<WorkerInfoSchema>),
+        (status = 503, description = "The orchestrator is stopping", body = ErrorBodySchema),
+    )
+)]
+pub async fn workers(State(app): State<AppState>) -> Result<Json<Vec<WorkerInfo>>, ApiError> {
+    Ok(Json(worker_list(&app).await?))
 }

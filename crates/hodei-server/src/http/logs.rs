@@ -1,4 +1,5 @@
-//! Log endpoints: full download, and live follow with Server-Sent Events.
+//! Live log follow with Server-Sent Events (the full download is in
+//! `download.rs`).
 //!
 //! A follower never misses a byte: it subscribes to change notices first,
 //! then reads from the store from its offsets, sends what it read, and only
@@ -9,12 +10,10 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures::Stream;
 use hodei_core::LogStream;
@@ -23,30 +22,33 @@ use hodei_core::engine::Notice;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::IntoParams;
 
 use super::jobs::job_id;
+use super::schema::ErrorBodySchema;
 use super::{ApiError, AppState};
 use crate::store::{LogChunk, LogQuery};
 
 /// Bytes read from the store per page.
-const PAGE_BYTES: usize = 1024 * 1024;
+pub(super) const PAGE_BYTES: usize = 1024 * 1024;
 /// A follower re-reads the store at least this often, notices or not.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// stdout | stderr | both (default).
-    stream: Option<String>,
+    pub(super) stream: Option<String>,
     /// Which attempt; default the current one (a follower moves on to the
     /// next attempt when the job is retried).
-    attempt: Option<u32>,
-    /// Start offsets, as the SSE event id: `STDOUT:STDERR`, or one number
-    /// for a single stream. `Last-Event-ID` takes precedence.
-    from: Option<String>,
+    pub(super) attempt: Option<u32>,
+    /// Follow only: start offsets, as the SSE event id: `STDOUT:STDERR`, or
+    /// one number for a single stream. `Last-Event-ID` takes precedence.
+    pub(super) from: Option<String>,
 }
 
-fn parse_stream(s: Option<&str>) -> Result<Option<LogStream>, ApiError> {
+pub(super) fn parse_stream(s: Option<&str>) -> Result<Option<LogStream>, ApiError> {
     match s {
         None | Some("both") | Some("") => Ok(None),
         Some(s) => LogStream::parse(s).map(Some).ok_or_else(|| {
@@ -79,60 +81,28 @@ fn event_id(from: [u64; 2]) -> String {
     format!("{}:{}", from[0], from[1])
 }
 
-/// `GET /api/v1/jobs/{id}/logs`: the whole log of an attempt as raw bytes.
-pub async fn download(
-    State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    params: Result<Query<LogParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let id = job_id(path)?;
-    let Query(p) = params?;
-    let stream = parse_stream(p.stream.as_deref())?;
-    let job = app
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(&id))?;
-    let mut query = LogQuery {
-        job_id: id,
-        attempt: p.attempt.unwrap_or(job.attempt),
-        stream,
-        from: [0, 0],
-        max_bytes: PAGE_BYTES,
-    };
-    let store = app.store.clone();
-    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        loop {
-            let chunks = match store.read_logs(&query).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return;
-                }
-            };
-            if chunks.is_empty() {
-                return;
-            }
-            for c in chunks {
-                query.from[c.stream.index()] = c.offset + c.data.len() as u64;
-                if tx.send(Ok(c.data)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from_stream(ReceiverStream::new(rx)),
+/// Follow a job's log live (Server-Sent Events).
+///
+/// Events: `log` (JSON [`LogEvent`], the bytes base64), `attempt` (the job
+/// moved on to a new attempt, whose number is the data; offsets restart at
+/// 0) and finally `end` (JSON [`EndEvent`]) once the job is finished and
+/// every byte was sent. Event ids are `STDOUT:STDERR` byte offsets: a client
+/// that reconnects with `Last-Event-ID` misses nothing and gets nothing twice.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/logs/follow",
+    tag = "logs",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (`STDOUT:STDERR` offsets)"),
+        LogParams,
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream` of `log` (LogEvent JSON), `attempt` and `end` (EndEvent JSON) events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid id, stream or offsets", body = ErrorBodySchema),
+        (status = 404, description = "No such job", body = ErrorBodySchema),
     )
-        .into_response())
-}
-
-/// `GET /api/v1/jobs/{id}/logs/follow`: SSE events `log` ([`LogEvent`]),
-/// `attempt` (the job moved on to a new attempt; offsets restart at 0) and
-/// finally `end` ([`EndEvent`]). Event ids are `STDOUT:STDERR` offsets, so a
-/// client that reconnects with `Last-Event-ID` misses nothing.
+)]
 pub async fn follow(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -1,19 +1,34 @@
-//! The HTTP API (`/api/v1`), served on the same port as gRPC.
+//! The HTTP side of the orchestrator's port: the JSON API (`/api/v1`), the
+//! operator endpoints (`/healthz`, `/readyz`, `/metrics`) and the dashboard
+//! (`/ui`). gRPC shares the port; `server.rs` routes it by service path.
+//!
+//! Every HTTP route is one entry of [`routes`]; the router is built from
+//! that table, and the OpenAPI document ([`openapi`]) is checked against it
+//! by a test, so a route cannot be added without being described.
 
+mod download;
 mod error;
-mod jobs;
+mod events;
+pub(crate) mod jobs;
 mod logs;
+pub mod openapi;
+mod ops;
+mod schema;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodRouter, get, post};
 
+use crate::dashboard;
 use crate::reactor::Hub;
 use crate::store::Store;
 
 pub use error::ApiError;
+pub(crate) use ops::collect_stats;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -25,20 +40,80 @@ pub struct AppState {
 /// Largest request body accepted (a job spec with a big environment).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// One HTTP route: method, path (axum syntax, which is also OpenAPI's for
+/// `{param}`) and handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    pub fn get<H, T>(path: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        Route {
+            method: Method::GET,
+            path,
+            handler: get(handler),
+        }
+    }
+
+    pub fn post<H, T>(path: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        Route {
+            method: Method::POST,
+            path,
+            handler: post(handler),
+        }
+    }
+}
+
+/// Every HTTP route the server answers (gRPC services excluded).
+pub fn routes() -> Vec<Route> {
+    let mut routes = vec![
+        Route::get("/healthz", ops::healthz),
+        Route::get("/readyz", ops::readyz),
+        Route::get("/metrics", ops::metrics),
+        Route::get("/api/v1/openapi.json", ops::openapi_json),
+        Route::post("/api/v1/jobs", jobs::submit),
+        Route::get("/api/v1/jobs", jobs::list),
+        Route::get("/api/v1/jobs/{id}", jobs::get),
+        Route::post("/api/v1/jobs/{id}/cancel", jobs::cancel),
+        Route::get("/api/v1/jobs/{id}/logs", download::download),
+        Route::get("/api/v1/jobs/{id}/logs/follow", logs::follow),
+        Route::get("/api/v1/workers", jobs::workers),
+        Route::get("/api/v1/stats", ops::stats),
+        Route::get("/api/v1/events", events::events),
+    ];
+    routes.extend(dashboard::routes());
+    routes
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/api/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/api/v1/jobs/{id}", get(jobs::get))
-        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/api/v1/jobs/{id}/logs", get(logs::download))
-        .route("/api/v1/jobs/{id}/logs/follow", get(logs::follow))
-        .route("/api/v1/workers", get(jobs::workers))
+    let mut router = Router::new();
+    for route in routes() {
+        // Routes of one path with different methods are merged by axum.
+        router = router.route(route.path, route.handler);
+    }
+    router
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "not_found",
                 "no such endpoint",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not answer that method",
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))

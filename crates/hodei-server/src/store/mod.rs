@@ -2,6 +2,7 @@
 //! without touching the rest. The orchestrator writes only through
 //! [`Store::commit`], one transaction per engine batch; everything else reads.
 
+mod listing;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -29,10 +30,17 @@ pub enum StoreError {
     },
 }
 
-/// Which jobs to list, newest first.
+/// Which jobs to list, newest first. Every filter is optional; they combine
+/// with AND.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub state: Option<JobState>,
+    /// Jobs whose spec requires this label.
+    pub label: Option<String>,
+    /// Jobs whose current (or last) attempt was on this worker.
+    pub worker: Option<String>,
+    /// Jobs whose name starts with this.
+    pub name_prefix: Option<String>,
     /// Only jobs submitted before this sequence number (the cursor of the
     /// previous page).
     pub before_seq: Option<u64>,
@@ -62,6 +70,15 @@ pub struct LogQuery {
     pub max_bytes: usize,
 }
 
+/// How many jobs in `state` finished in the minute `minute` (minutes counted
+/// from the `since` of [`Store::finished_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedCount {
+    pub minute: u32,
+    pub state: JobState,
+    pub count: u64,
+}
+
 /// Everything the orchestrator needs to rebuild its state after a start.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -87,6 +104,15 @@ pub trait Store: Send + Sync + 'static {
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, StoreError>;
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
+
+    /// How many jobs are in each state (states with none are left out).
+    async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError>;
+
+    /// Jobs finished at or after `since`, counted per minute and state.
+    async fn finished_since(&self, since: Millis) -> Result<Vec<FinishedCount>, StoreError>;
+
+    /// Answers when the store can serve reads (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Log chunks in order, the first one trimmed to start at `from`.
     async fn read_logs(&self, query: &LogQuery) -> Result<Vec<LogChunk>, StoreError>;

@@ -19,21 +19,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use hodei_core::engine::{LogWrite, WorkerRecord, Writes};
-use hodei_core::{Job, JobSpec, JobState, LogStream};
+use hodei_core::{Job, JobSpec, JobState, LogStream, Millis};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Decode, Row, Sqlite, Type};
 
-use super::{JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError};
+use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
 
 /// The database file inside the data directory.
 const DB_FILE: &str = "hodei.db";
 const READ_CONNECTIONS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
+/// The API pages at most 1000 jobs and asks for one more to know whether
+/// another page follows.
+const MAX_LIMIT: u32 = 1001;
 
 /// `SELECT` of the columns a [`Job`] is read from, then `$rest`.
 macro_rules! select_jobs {
@@ -76,9 +78,8 @@ static INSERT_LOGS_SQL: LazyLock<[String; 2]> =
 const GET_JOB: &str = select_jobs!("WHERE id = ?1");
 /// `?1` is a JSON array of ids: one statement whatever the number of ids.
 const GET_JOBS: &str = select_jobs!("WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY seq");
-const LIST_ALL: &str = select_jobs!("WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2");
-const LIST_BY_STATE: &str =
-    select_jobs!("WHERE state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
+/// The listing: `select_jobs!` with the conditions of [`listing::list_sql`].
+const SELECT_JOBS: &str = select_jobs!("");
 const UNFINISHED: &str =
     select_jobs!("WHERE state IN ('queued', 'assigned', 'running') ORDER BY seq");
 const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS end_offset \
@@ -213,16 +214,30 @@ impl Store for SqliteStore {
         let before = filter
             .before_seq
             .map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
-        let query = match filter.state {
-            Some(state) => sqlx::query(LIST_BY_STATE).bind(state.as_str()),
-            None => sqlx::query(LIST_ALL),
-        };
+        let (sql, values) = listing::list_sql(SELECT_JOBS, filter);
+        let mut query = sqlx::query(&sql);
+        for value in values {
+            query = query.bind(value);
+        }
         let rows = query
             .bind(before)
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        listing::count_by_state(&self.read).await
+    }
+
+    async fn finished_since(&self, since: Millis) -> Result<Vec<FinishedCount>, StoreError> {
+        listing::finished_since(&self.read, since).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
     }
 
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
@@ -375,7 +390,7 @@ fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreE
         .bind(&log.data[..]))
 }
 
-fn corrupt(job_id: &str, message: impl Into<String>) -> StoreError {
+pub(super) fn corrupt(job_id: &str, message: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         job_id: job_id.to_string(),
         message: message.into(),
@@ -395,7 +410,7 @@ fn stream_from_code(code: i64) -> Result<LogStream, String> {
 }
 
 /// A column's value, or a message naming the column.
-fn get<'r, T: Decode<'r, Sqlite> + Type<Sqlite>>(
+pub(super) fn get<'r, T: Decode<'r, Sqlite> + Type<Sqlite>>(
     row: &'r SqliteRow,
     col: &str,
 ) -> Result<T, String> {
@@ -403,7 +418,7 @@ fn get<'r, T: Decode<'r, Sqlite> + Type<Sqlite>>(
 }
 
 /// An integer column converted to `T`, refusing values out of its range.
-fn int<T: TryFrom<i64>>(row: &SqliteRow, col: &str) -> Result<T, String> {
+pub(super) fn int<T: TryFrom<i64>>(row: &SqliteRow, col: &str) -> Result<T, String> {
     let value: i64 = get(row, col)?;
     T::try_from(value).map_err(|_| format!("column {col}: {value} is out of range"))
 }

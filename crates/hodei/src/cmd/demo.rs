@@ -69,7 +69,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     ));
 
     println!(
-        "Hodei demo: orchestrator on {url} (data in {}), one local agent with 4 slots.\n",
+        "Hodei demo: orchestrator on {url} (data in {}), one local agent with 4 slots.\nDashboard: {url}/ui (the jobs below appear there live)\n",
         args.data_dir.display()
     );
     let client = Client::new(&url)?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hodei_client::{ClientError, FollowEvent};
 use hodei_core::api::SubmitRequest;
+use hodei_core::spec::{PullPolicy, parse_cpu};
 use hodei_core::{JobState, LogStream};
 
 use super::{ServerUrl, parse_duration};
@@ -27,6 +28,16 @@ pub struct RunArgs {
     /// Run in this container image (needs a worker with `docker`).
     #[arg(long)]
     pub image: Option<String>,
+    /// CPU limit of the job's container: millicores (500m) or CPUs (2, 1.5).
+    #[arg(long, value_parser = parse_cpu, requires = "image")]
+    pub cpu: Option<u64>,
+    /// Memory limit of the job's container, e.g. 256M or 2G (no swap beyond it).
+    #[arg(long, value_parser = hodei_agent::parse_size, requires = "image")]
+    pub memory: Option<u64>,
+    /// When the worker pulls the image: if-not-present or never (default:
+    /// the agent's).
+    #[arg(long, value_parser = PullPolicy::parse, requires = "image")]
+    pub pull: Option<PullPolicy>,
     /// Only workers with this label (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -77,6 +88,9 @@ impl RunArgs {
             priority: self.priority,
             max_retries: self.retries,
             kill_grace_ms: self.kill_grace.map(|g| g.as_millis() as u64),
+            cpu_millicores: self.cpu,
+            memory_bytes: self.memory,
+            pull_policy: self.pull,
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hodei_agent::AgentConfig;
+use hodei_agent::docker::DockerConfig;
 use hodei_agent::process::ProcessExecutor;
+use hodei_core::spec::PullPolicy;
 use hodei_server::{Server, ServerConfig};
 
 use super::{DEFAULT_SERVER, parse_duration, shutdown_signal};
@@ -74,6 +76,30 @@ pub struct AgentArgs {
     /// it output is dropped and the loss marked in the job's log.
     #[arg(long, default_value = "1G", value_parser = hodei_agent::parse_size)]
     pub spool_max: u64,
+    /// Docker engine for jobs with an image: a socket path or a unix://,
+    /// tcp:// or http:// URL (default: DOCKER_HOST, else
+    /// /var/run/docker.sock). The agent advertises `docker` only if it
+    /// reaches the engine at start.
+    #[arg(long, value_name = "PATH|URL")]
+    pub docker_socket: Option<String>,
+    /// Run no jobs with an image, even if a Docker engine is reachable.
+    #[arg(long, conflicts_with = "docker_socket")]
+    pub no_docker: bool,
+    /// Keep job containers after their job ends (for debugging).
+    #[arg(long)]
+    pub keep_containers: bool,
+    /// Do not mount the per-job directory into containers at /workspace.
+    #[arg(long)]
+    pub no_container_workspace: bool,
+    /// Run containers without an init process as their pid 1.
+    #[arg(long)]
+    pub no_container_init: bool,
+    /// Pull policy of image jobs that do not set one: if-not-present or never.
+    #[arg(long, default_value = "if-not-present", value_parser = PullPolicy::parse)]
+    pub pull_policy: PullPolicy,
+    /// Longest an image pull may take before the job fails.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub pull_timeout: Duration,
 }
 
 pub fn hostname() -> String {
@@ -100,6 +126,14 @@ impl AgentArgs {
         config.keep_work_dirs = self.keep_work_dirs;
         config.spool_dir = self.spool_dir.clone();
         config.spool_max_bytes = self.spool_max;
+        config.docker = (!self.no_docker).then(|| DockerConfig {
+            host: self.docker_socket.clone(),
+            keep_containers: self.keep_containers,
+            mount_workspace: !self.no_container_workspace,
+            pull_policy: self.pull_policy,
+            init: !self.no_container_init,
+            pull_timeout: self.pull_timeout,
+        });
         config
     }
 }
