@@ -1,5 +1,8 @@
 use super::*;
-use crate::log::StreamTotal;
+use crate::job::Outcome;
+use crate::log::{LogStream, StreamTotal};
+use crate::spec::JobSpec;
+use bytes::Bytes;
 
 const GRACE: u64 = 30_000;
 
