@@ -285,13 +285,16 @@ impl Executor for DockerExecutor {
         let name = container_name(&job, spec.attempt);
         // Guarded from before it exists: dropped while the engine creates
         // it, the container is still removed.
-        let guard = ContainerGuard::new(self.docker.clone(), name.clone(), &self.config);
+        let mut guard = ContainerGuard::new(self.docker.clone(), name.clone(), &self.config);
         let options = CreateContainerOptions {
             name: Some(name),
             ..Default::default()
         };
         let id = match self.docker.create_container(Some(options), body).await {
-            Ok(created) => created.id,
+            Ok(created) => {
+                guard.created();
+                created.id
+            }
             Err(e) => {
                 guard.finish().await;
                 let message = format!(

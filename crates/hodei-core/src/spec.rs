@@ -114,6 +114,8 @@ pub struct JobSpec {
     pub image: Option<String>,
     pub env: BTreeMap<String, String>,
     /// Working directory on the worker; `None` = a fresh per-job directory.
+    /// For a job with an image: a directory inside the container (`None`:
+    /// the per-job directory, mounted at `/workspace`).
     pub working_dir: Option<String>,
     pub timeout_ms: Option<u64>,
     /// Capabilities the worker must have.

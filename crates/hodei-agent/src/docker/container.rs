@@ -2,7 +2,7 @@
 //! how it ended, removing it, and removing what an earlier agent left.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::errors::Error;
@@ -174,35 +174,53 @@ pub async fn ended(docker: &Docker, id: &str) -> Result<Ended, String> {
     })
 }
 
+/// How long the agent keeps trying to remove a container.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a container whose creation was under way may take to appear.
+const APPEAR_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Removes the container (killing it if it runs) and its anonymous volumes.
 /// A removal racing with the container's start can fail (the engine
-/// refuses to remove a container it is starting); it is tried again.
-async fn remove(docker: &Docker, id: &str) {
-    const TRIES: u32 = 5;
-    for attempt in 1..=TRIES {
+/// refuses to remove a container it is starting): it is tried again, with
+/// backoff, for [`REMOVE_PATIENCE`]. With `may_appear` (its creation was
+/// under way), "no such container" is tried again too, for
+/// [`APPEAR_PATIENCE`].
+async fn remove(docker: &Docker, id: &str, may_appear: bool) {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
         let options = RemoveContainerOptions {
             force: true,
             v: true,
             ..Default::default()
         };
-        match docker.remove_container(id, Some(options)).await {
+        let patience = match docker.remove_container(id, Some(options)).await {
             Ok(()) => {
-                eprintln!("DEBUGX removed {id}");
                 debug!(container = id, "container removed");
                 return;
             }
             Err(Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => return,
-            Err(e) if attempt < TRIES => {
-                eprintln!("DEBUGX remove {id} attempt {attempt}: {}", describe(&e));
-                debug!(container = id, attempt, error = %describe(&e), "removing the container failed; trying again");
-                tokio::time::sleep(Duration::from_millis(200) * attempt).await;
-            }
+            }) if !may_appear => return,
+            Err(Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => APPEAR_PATIENCE,
             Err(e) => {
-                warn!(container = id, error = %describe(&e), "cannot remove the container");
+                debug!(container = id, error = %describe(&e), "removing the container failed");
+                REMOVE_PATIENCE
             }
+        };
+        if started.elapsed() + pause > patience {
+            if patience == REMOVE_PATIENCE {
+                warn!(
+                    container = id,
+                    "cannot remove the container; the agent removes it when it starts again"
+                );
+            }
+            return;
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -212,44 +230,51 @@ async fn remove(docker: &Docker, id: &str) {
 /// task was dropped), it kills the container and removes it unless kept.
 pub struct ContainerGuard {
     docker: Docker,
-    id: Option<String>,
+    name: Option<String>,
     keep: bool,
+    /// The engine said it created the container.
+    created: bool,
 }
 
 impl ContainerGuard {
     pub fn new(docker: Docker, name: String, config: &DockerConfig) -> ContainerGuard {
         ContainerGuard {
             docker,
-            id: Some(name),
+            name: Some(name),
             keep: config.keep_containers,
+            created: false,
         }
+    }
+
+    /// The engine created the container.
+    pub fn created(&mut self) {
+        self.created = true;
     }
 
     /// The job is over: remove the container unless containers are kept.
     pub async fn finish(mut self) {
-        if let Some(id) = self.id.take()
+        if let Some(name) = self.name.take()
             && !self.keep
         {
-            remove(&self.docker, &id).await;
+            remove(&self.docker, &name, false).await;
         }
     }
 }
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        eprintln!("DEBUGX guard dropped for {id}");
+        let Some(name) = self.name.take() else { return };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            warn!(container = %id, "cannot remove the container: no runtime");
+            warn!(container = %name, "cannot remove the container: no runtime");
             return;
         };
         let docker = self.docker.clone();
-        let keep = self.keep;
+        let (keep, may_appear) = (self.keep, !self.created);
         handle.spawn(async move {
             if keep {
-                signal(&docker, &id, "SIGKILL").await;
+                signal(&docker, &name, "SIGKILL").await;
             } else {
-                remove(&docker, &id).await;
+                remove(&docker, &name, may_appear).await;
             }
         });
     }
@@ -288,7 +313,7 @@ pub async fn remove_leftovers(
             state = ?c.state,
             "removing a container an earlier run of this agent left"
         );
-        remove(docker, &id).await;
+        remove(docker, &id, false).await;
         removed += 1;
     }
     Ok(removed)

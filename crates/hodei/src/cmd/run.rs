@@ -44,7 +44,9 @@ pub struct RunArgs {
     /// Environment variable for the job, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Working directory on the worker (default: a fresh per-job directory).
+    /// Working directory on the worker (default: a fresh per-job directory);
+    /// for an image job, a directory inside the container (default: the
+    /// per-job directory, mounted at /workspace).
     #[arg(long)]
     pub workdir: Option<String>,
     /// Kill the job after this long (e.g. 30s, 5m).
