@@ -775,3 +775,49 @@ async fn resubmitting_the_same_id_runs_the_job_once() {
     // `Cluster` keeps the agents alive until here.
     assert_eq!(c.agents.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_lists_by_name_prefix_and_label() {
+    let dir = tempdir();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let client = server.client();
+    // No agent: the jobs stay queued, which is all listing needs.
+    for (id, name, labels) in [
+        ("alpha-1", "alpha-build", vec!["red"]),
+        ("alpha-2", "alpha-test", vec![]),
+        ("beta-1", "beta", vec!["red"]),
+    ] {
+        let request = SubmitRequest {
+            id: Some(id.into()),
+            name: name.into(),
+            command: vec!["true".into()],
+            labels: labels.into_iter().map(String::from).collect(),
+            ..SubmitRequest::default()
+        };
+        client.submit(&request).await.expect("submit");
+    }
+    let ids = |out: &Output| -> Vec<String> {
+        let jobs: Vec<Job> = serde_json::from_slice(&out.stdout).expect("jobs JSON");
+        let mut ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+        ids.sort();
+        ids
+    };
+    let out = cli(&server.url, &["jobs", "--name", "alpha", "--json"]).await;
+    expect_code(&out, 0, "hodei jobs --name");
+    assert_eq!(ids(&out), ["alpha-1", "alpha-2"]);
+    let out = cli(&server.url, &["jobs", "--label", "red", "--json"]).await;
+    expect_code(&out, 0, "hodei jobs --label");
+    assert_eq!(ids(&out), ["alpha-1", "beta-1"]);
+    let out = cli(
+        &server.url,
+        &[
+            "jobs", "--label", "red", "--name", "beta", "--state", "queued", "--json",
+        ],
+    )
+    .await;
+    expect_code(&out, 0, "hodei jobs with every filter");
+    assert_eq!(ids(&out), ["beta-1"]);
+    let out = cli(&server.url, &["jobs", "--worker", "nobody", "--json"]).await;
+    expect_code(&out, 0, "hodei jobs --worker");
+    assert!(ids(&out).is_empty());
+}

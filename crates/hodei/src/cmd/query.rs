@@ -14,6 +14,15 @@ pub struct JobsArgs {
     /// Only jobs in this state.
     #[arg(long, value_parser = parse_state)]
     pub state: Option<JobState>,
+    /// Only jobs that require this label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Only jobs whose current (or last) attempt ran on this worker.
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Only jobs whose name starts with this.
+    #[arg(long)]
+    pub name: Option<String>,
     /// How many jobs (newest first).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -32,11 +41,15 @@ fn parse_state(s: &str) -> Result<JobState, String> {
 }
 
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<u8> {
-    let list = args
-        .server
-        .client()?
-        .jobs(args.state, args.limit.clamp(1, 1000), None)
-        .await?;
+    let query = hodei_core::api::JobQuery {
+        state: args.state,
+        label: args.label,
+        worker: args.worker,
+        name_prefix: args.name,
+        limit: Some(args.limit.clamp(1, 1000)),
+        cursor: None,
+    };
+    let list = args.server.client()?.list_jobs(&query).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list.jobs)?);
     } else {
