@@ -27,14 +27,15 @@ fn expected_lines(n: u32) -> String {
     (1..=n).map(|i| format!("line-{i}\n")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
+/// Runs a counting job, stops the orchestrator in the middle of it (SIGKILL,
+/// or SIGTERM when `graceful`), restarts it on the same address and data
+/// directory, and checks that the job finished once, as attempt 1, with every
+/// line of its log exactly once. Returns how long the stop took.
+async fn job_survives_a_restart(lines: u32, graceful: bool) -> Duration {
     let dir = tempdir();
     let data = dir.path().join("data");
-    let mut server = ServerProc::start(
-        &data,
-        &["--lease-grace", "20s", "--heartbeat-interval", "1s"],
-    );
+    let flags = ["--lease-grace", "20s", "--heartbeat-interval", "1s"];
+    let mut server = ServerProc::start(&data, &flags);
     let addr = server.addr().to_string();
     let _agent = AgentProc::start(
         &server.url,
@@ -47,44 +48,66 @@ async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
 
     let runs = dir.path().join("runs");
     let id = client
-        .submit(&counting_job(40, "0.1", &runs))
+        .submit(&counting_job(lines, "0.1", &runs))
         .await
         .expect("submit")
         .job
         .id;
-    // Wait until part of the output is stored, then crash the orchestrator.
+    // Wait until part of the output is stored, then stop the orchestrator.
     wait_for(Duration::from_secs(10), "some output", || async {
         let log = client.logs(&id, Some(LogStream::Stdout)).await.ok()?;
         (log.len() > 20).then_some(())
     })
     .await;
-    server.kill();
+    let stopping = std::time::Instant::now();
+    if graceful {
+        server.stop();
+    } else {
+        server.kill();
+    }
+    let stop_time = stopping.elapsed();
 
     // Restart on the same port and data directory: the agent redials.
-    let server = ServerProc::start_on(
-        &data,
-        &addr,
-        &["--lease-grace", "20s", "--heartbeat-interval", "1s"],
-    );
+    let server = ServerProc::start_on(&data, &addr, &flags);
     let client = server.client();
     let job = wait_for(Duration::from_secs(30), "the job to finish", || async {
         let job = client.job(&id).await.ok()?;
         job.state.is_terminal().then_some(job)
     })
     .await;
-    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-    assert_eq!(job.attempt, 1, "the job must not have been re-run");
+    assert_eq!(
+        (job.state, job.attempt),
+        (JobState::Succeeded, 1),
+        "ran once, to the end: {job:?}"
+    );
     let log = client
         .logs(&id, Some(LogStream::Stdout))
         .await
         .expect("log");
     assert_eq!(
         String::from_utf8_lossy(&log),
-        expected_lines(40),
+        expected_lines(lines),
         "every line exactly once, in order"
     );
     let started = std::fs::read_to_string(&runs).expect("runs file");
     assert_eq!(started.lines().count(), 1, "the process ran once");
+    stop_time
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_survives_an_orchestrator_crash_and_restart_within_the_grace() {
+    job_survives_a_restart(40, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_orchestrator_loses_nothing() {
+    // SIGTERM: the server tells the agent to come back later and exits.
+    let stop_time = job_survives_a_restart(30, true).await;
+    assert!(
+        stop_time < Duration::from_secs(8),
+        "graceful stop took {stop_time:?}"
+    );
+    eprintln!("graceful stop took {stop_time:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,66 +164,4 @@ async fn a_draining_agent_finishes_its_job_and_takes_no_new_one() {
         client.job(&later).await.expect("job").state,
         JobState::Queued
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gracefully_stopped_orchestrator_loses_nothing() {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let flags = ["--lease-grace", "20s", "--heartbeat-interval", "1s"];
-    let mut server = ServerProc::start(&data, &flags);
-    let addr = server.addr().to_string();
-    let _agent = AgentProc::start(
-        &server.url,
-        "calm",
-        &dir.path().join("work"),
-        &["--slots", "1"],
-    );
-    let client = server.client();
-    wait_workers_ready(&client, 1).await;
-    let runs = dir.path().join("runs");
-    let id = client
-        .submit(&counting_job(30, "0.1", &runs))
-        .await
-        .expect("submit")
-        .job
-        .id;
-    wait_for(Duration::from_secs(10), "some output", || async {
-        let log = client.logs(&id, Some(LogStream::Stdout)).await.ok()?;
-        (log.len() > 20).then_some(())
-    })
-    .await;
-    // SIGTERM: the server tells the agent to come back later and exits.
-    let stopping = std::time::Instant::now();
-    server.stop();
-    let stop_time = stopping.elapsed();
-    assert!(
-        stop_time < Duration::from_secs(8),
-        "graceful stop took {stop_time:?}"
-    );
-    let server = ServerProc::start_on(&data, &addr, &flags);
-    let client = server.client();
-    let job = wait_for(Duration::from_secs(30), "the job to finish", || async {
-        let job = client.job(&id).await.ok()?;
-        job.state.is_terminal().then_some(job)
-    })
-    .await;
-    assert_eq!(
-        (job.state, job.attempt),
-        (JobState::Succeeded, 1),
-        "{job:?}"
-    );
-    let log = client
-        .logs(&id, Some(LogStream::Stdout))
-        .await
-        .expect("log");
-    assert_eq!(String::from_utf8_lossy(&log), expected_lines(30));
-    assert_eq!(
-        std::fs::read_to_string(&runs)
-            .expect("runs")
-            .lines()
-            .count(),
-        1
-    );
-    eprintln!("graceful stop took {stop_time:?}");
 }
