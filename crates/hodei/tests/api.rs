@@ -12,34 +12,9 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use hodei_client::ApiEvent;
-use hodei_core::api::{ErrorBody, JobQuery, SubmitRequest};
+use hodei_core::api::{JobQuery, SubmitRequest};
 use hodei_core::{Job, JobState};
 use reqwest::StatusCode;
-
-fn sh(name: &str, script: &str) -> SubmitRequest {
-    SubmitRequest {
-        name: name.into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..SubmitRequest::default()
-    }
-}
-
-/// GETs `path` and checks the answer is `status` with a JSON error `code`
-/// naming `field` (when given).
-async fn expect_error(base: &str, path: &str, status: StatusCode, code: &str, field: Option<&str>) {
-    let resp = reqwest::get(format!("{base}{path}"))
-        .await
-        .expect("request");
-    let got = resp.status();
-    let body = resp.text().await.expect("body");
-    assert_eq!(got, status, "GET {path}: {body}");
-    let err: ErrorBody = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("GET {path}: not a JSON error ({e}): {body}"));
-    assert_eq!(err.code, code, "GET {path}: {err:?}");
-    if let Some(field) = field {
-        assert_eq!(err.field.as_deref(), Some(field), "GET {path}: {err:?}");
-    }
-}
 
 async fn ids(client: &Client, query: JobQuery) -> Vec<String> {
     let page = client.list_jobs(&query).await.expect("list");
@@ -61,7 +36,7 @@ async fn job_lists_filter_and_page() {
     let submit = |id: &str, name: &str, labels: &[&str]| SubmitRequest {
         id: Some(id.into()),
         labels: labels.iter().map(|s| s.to_string()).collect(),
-        ..sh(name, "true")
+        ..sh_job(name, "true")
     };
     // Run on the agent: build-1, build-2, test-1. Stay queued: gpu-1 (no
     // worker has gpu) and "odd*name" (a GLOB wildcard in the name).
@@ -254,7 +229,7 @@ async fn the_event_stream_reports_job_and_worker_changes() {
 
     // A job: its events end with its final record; one job's stream sees only it.
     let job = client
-        .submit(&sh("evented", "sleep 0.3; echo hi"))
+        .submit(&sh_job("evented", "sleep 0.3; echo hi"))
         .await
         .expect("submit")
         .job;
@@ -263,7 +238,7 @@ async fn the_event_stream_reports_job_and_worker_changes() {
         .await
         .expect("subscribe to one job");
     let other = client
-        .submit(&sh("other", "true"))
+        .submit(&sh_job("other", "true"))
         .await
         .expect("submit")
         .job;
@@ -316,12 +291,16 @@ async fn stats_count_jobs_by_state_and_minute() {
     let client = server.client();
     wait_workers_ready(&client, 1).await;
     for script in ["true", "exit 3", "true"] {
-        let job = client.submit(&sh("s", script)).await.expect("submit").job;
+        let job = client
+            .submit(&sh_job("s", script))
+            .await
+            .expect("submit")
+            .job;
         client.wait(&job.id).await.expect("wait");
     }
     let queued = SubmitRequest {
         labels: vec!["gpu".into()],
-        ..sh("stuck", "true")
+        ..sh_job("stuck", "true")
     };
     client.submit(&queued).await.expect("submit");
     let stats = client.stats().await.expect("stats");

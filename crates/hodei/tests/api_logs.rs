@@ -9,33 +9,8 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use hodei_core::JobState;
-use hodei_core::api::{ErrorBody, SubmitRequest};
+use hodei_core::api::ErrorBody;
 use reqwest::StatusCode;
-
-fn sh(name: &str, script: &str) -> SubmitRequest {
-    SubmitRequest {
-        name: name.into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..SubmitRequest::default()
-    }
-}
-
-/// GETs `path` and checks the answer is `status` with a JSON error `code`
-/// naming `field` (when given).
-async fn expect_error(base: &str, path: &str, status: StatusCode, code: &str, field: Option<&str>) {
-    let resp = reqwest::get(format!("{base}{path}"))
-        .await
-        .expect("request");
-    let got = resp.status();
-    let body = resp.text().await.expect("body");
-    assert_eq!(got, status, "GET {path}: {body}");
-    let err: ErrorBody = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("GET {path}: not a JSON error ({e}): {body}"));
-    assert_eq!(err.code, code, "GET {path}: {err:?}");
-    if let Some(field) = field {
-        assert_eq!(err.field.as_deref(), Some(field), "GET {path}: {err:?}");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_download_interleaves_streams_by_time() {
@@ -46,7 +21,7 @@ async fn log_download_interleaves_streams_by_time() {
     let script =
         "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; sleep 0.2; echo err2 >&2";
     let job = client
-        .submit(&sh("streams", script))
+        .submit(&sh_job("streams", script))
         .await
         .expect("submit")
         .job;
@@ -166,7 +141,7 @@ async fn log_follow_resumes_from_the_last_event_id() {
     let client = server.client();
     let script = "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.15; done";
     let job = client
-        .submit(&sh("lines", script))
+        .submit(&sh_job("lines", script))
         .await
         .expect("submit")
         .job;

@@ -211,3 +211,35 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 pub mod proxy;
+
+/// A job running `sh -c script` named `name`.
+pub fn sh_job(name: &str, script: &str) -> hodei_core::api::SubmitRequest {
+    hodei_core::api::SubmitRequest {
+        name: name.into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// GETs `path` and checks the answer is `status` with a JSON error `code`
+/// naming `field` (when given).
+pub async fn expect_error(
+    base: &str,
+    path: &str,
+    status: reqwest::StatusCode,
+    code: &str,
+    field: Option<&str>,
+) {
+    let resp = reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("request");
+    let got = resp.status();
+    let body = resp.text().await.expect("body");
+    assert_eq!(got, status, "GET {path}: {body}");
+    let err: hodei_core::api::ErrorBody = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET {path}: not a JSON error ({e}): {body}"));
+    assert_eq!(err.code, code, "GET {path}: {err:?}");
+    if let Some(field) = field {
+        assert_eq!(err.field.as_deref(), Some(field), "GET {path}: {err:?}");
+    }
+}
