@@ -48,12 +48,7 @@ impl Client {
         if let Some(id) = job {
             req = req.query(&[("job", id)]);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
-                ClientError::Protocol("error status without an error body".into())
-            }));
-        }
+        let resp = self.send(req).await?;
         let stream = resp
             .bytes_stream()
             .eventsource()

@@ -88,43 +88,47 @@ impl Client {
         }
     }
 
-    async fn parse<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
+    /// Sends `req`; an error status becomes the server's [`ClientError::Api`]
+    /// (or a protocol error when the body is not a JSON error).
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()));
+            return Ok(resp);
         }
-        match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(body) => Err(ClientError::Api {
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(body) => ClientError::Api {
                 status: status.as_u16(),
                 body,
-            }),
-            Err(_) => Err(ClientError::Protocol(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            ))),
-        }
+            },
+            Err(_) => {
+                ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+            }
+        })
+    }
+
+    /// Sends `req` and decodes its JSON answer.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let body = self
+            .send(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.parse(resp).await
+        self.call(self.http.get(self.url(path))).await
     }
 
     pub async fn submit(&self, request: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
-        let resp = self
-            .http
-            .post(self.url("/jobs"))
-            .json(request)
-            .send()
+        self.call(self.http.post(self.url("/jobs")).json(request))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        self.parse(resp).await
     }
 
     pub async fn job(&self, id: &str) -> Result<Job, ClientError> {
@@ -150,14 +154,8 @@ impl Client {
     /// One page of jobs matching `query` (state, label, worker, name
     /// prefix; cursor paging), newest first.
     pub async fn list_jobs(&self, query: &JobQuery) -> Result<JobList, ClientError> {
-        let resp = self
-            .http
-            .get(self.url("/jobs"))
-            .query(query)
-            .send()
+        self.call(self.http.get(self.url("/jobs")).query(query))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        self.parse(resp).await
     }
 
     /// The overview numbers (`GET /api/v1/stats`).
@@ -184,27 +182,14 @@ impl Client {
     /// A plain-text endpoint outside `/api/v1`.
     async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
-                ClientError::Protocol("error status without an error body".into())
-            }));
-        }
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
         resp.text().await.map_err(|e| self.unreachable(e))
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/jobs/{id}/cancel")))
-            .send()
+        self.call(self.http.post(self.url(&format!("/jobs/{id}/cancel"))))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        self.parse(resp).await
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
@@ -229,17 +214,7 @@ impl Client {
         if let Some(a) = attempt {
             url.push_str(&format!("&attempt={a}"));
         }
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
-                ClientError::Protocol("error status without an error body".into())
-            }));
-        }
+        let resp = self.send(self.http.get(url)).await?;
         resp.bytes().await.map_err(|e| self.unreachable(e))
     }
 
@@ -260,8 +235,8 @@ impl Client {
             if let Some(last) = &last_id {
                 req = req.header("Last-Event-ID", last);
             }
-            let err = match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
+            let err = match self.send(req).await {
+                Ok(resp) => {
                     let mut events = resp.bytes_stream().eventsource();
                     let mut err = None;
                     while let Some(ev) = events.next().await {
@@ -304,12 +279,9 @@ impl Client {
                     }
                     err.unwrap_or_else(|| "log stream ended early".to_string())
                 }
-                Ok(resp) => {
-                    return Err(self.parse::<()>(resp).await.err().unwrap_or_else(|| {
-                        ClientError::Protocol("error status without an error body".into())
-                    }));
-                }
-                Err(e) => e.to_string(),
+                // The connection failed: resume below. The server refused: stop.
+                Err(ClientError::Unreachable { message, .. }) => message,
+                Err(refused) => return Err(refused),
             };
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() > reconnect_for {
