@@ -16,9 +16,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine as _;
 use futures::Stream;
-use hodei_core::LogStream;
 use hodei_core::api::{EndEvent, LogEvent};
 use hodei_core::engine::Notice;
+use hodei_core::{Job, LogStream};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -165,14 +165,11 @@ impl Follower {
     }
 
     async fn follow(&mut self, tx: &Tx) -> Result<(), String> {
+        // The job as last seen finished; set only before a log read, so an
+        // empty read after it means every byte was sent (results are
+        // committed after the logs that precede them).
+        let mut finished: Option<Job> = None;
         loop {
-            let job = self
-                .app
-                .store
-                .get_job(&self.query.job_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("job {} not found", self.query.job_id))?;
             let chunks = self
                 .app
                 .store
@@ -187,6 +184,19 @@ impl Follower {
                 }
                 continue;
             }
+            if let Some(job) = finished {
+                let end = serde_json::to_string(&EndEvent::of(&job)).map_err(|e| e.to_string())?;
+                let _ = tx.send(Ok(Event::default().event("end").data(end))).await;
+                return Ok(());
+            }
+            // Nothing new to send: only now look at the job.
+            let job = self
+                .app
+                .store
+                .get_job(&self.query.job_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("job {} not found", self.query.job_id))?;
             if !self.fixed_attempt && job.attempt > self.query.attempt {
                 self.query.attempt = job.attempt;
                 self.query.from = [0, 0];
@@ -200,9 +210,9 @@ impl Follower {
                 continue;
             }
             if job.state.is_terminal() {
-                let end = serde_json::to_string(&EndEvent::of(&job)).map_err(|e| e.to_string())?;
-                let _ = tx.send(Ok(Event::default().event("end").data(end))).await;
-                return Ok(());
+                // One more read, ordered after the finish, then the end.
+                finished = Some(job);
+                continue;
             }
             if tx.is_closed() {
                 return Ok(());
