@@ -176,7 +176,11 @@ impl Engine {
     }
 
     /// Tells an agent to stop an attempt that is no longer its to run.
-    fn fence(&self, session: SessionId, job_id: String, attempt: u32, out: &mut Output) {
+    /// Once per batch and attempt: a fenced agent may still be streaming.
+    fn fence(&mut self, session: SessionId, job_id: String, attempt: u32, out: &mut Output) {
+        if !self.fenced.insert((session, job_id.clone(), attempt)) {
+            return;
+        }
         out.messages.push((
             session,
             ToAgent::Cancel {

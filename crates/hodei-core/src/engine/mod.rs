@@ -57,6 +57,8 @@ pub struct Engine {
     pending_acks: BTreeMap<(SessionId, String), bool>,
     /// Jobs that ended in this batch; dropped from memory at its end.
     finished: Vec<String>,
+    /// Stale attempts told to stop in this batch.
+    fenced: BTreeSet<(SessionId, String, u32)>,
 }
 
 impl Engine {
@@ -71,6 +73,7 @@ impl Engine {
             next_seq: 1,
             pending_acks: BTreeMap::new(),
             finished: Vec::new(),
+            fenced: BTreeSet::new(),
         }
     }
 
@@ -240,6 +243,7 @@ impl Engine {
                 ));
             }
         }
+        self.fenced.clear();
         for id in std::mem::take(&mut self.finished) {
             if self
                 .jobs

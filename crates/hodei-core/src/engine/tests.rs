@@ -288,17 +288,23 @@ fn reports_from_a_stale_attempt_or_another_worker_change_nothing() {
         vec![
             result(2, "j", 1, 0),
             log(1, "j", 7, 0, b"x"),
+            log(1, "j", 7, 1, b"y"),
+            log(1, "j", 7, 2, b"z"),
             result(1, "j", 0, 0),
         ],
     );
     assert!(out.writes.jobs.is_empty());
     assert!(out.writes.logs.is_empty());
     assert_eq!(e.live_job("j").map(|j| j.state), Some(JobState::Assigned));
-    // The stale log's sender is told to stop that attempt.
-    assert!(
-        out.messages
-            .iter()
-            .any(|(s, m)| *s == 1 && matches!(m, ToAgent::Cancel { attempt: 7, .. }))
+    // The stale logs' sender is told to stop that attempt, once per batch.
+    let cancels = out
+        .messages
+        .iter()
+        .filter(|(s, m)| *s == 1 && matches!(m, ToAgent::Cancel { attempt: 7, .. }))
+        .count();
+    assert_eq!(
+        cancels, 1,
+        "one cancel per stale attempt and batch, not per chunk"
     );
 }
 
