@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .bytes(".hwp.LogEntry.bytes")
+        // Secret values never reach a log through Debug (see lib.rs).
+        .skip_debug([".hwp.SecretEnv"])
         .compile_fds(fds)?;
     Ok(())
 }

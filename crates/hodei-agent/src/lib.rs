@@ -5,17 +5,21 @@
 //! - [`outbox`]: what is owed to the orchestrator (logs, results) until acknowledged;
 //! - [`spool`]: the on-disk log spool behind the outbox; [`recover`]: what a
 //!   restarted agent does with the spool a previous one left;
-//! - [`runner`]: one job from assignment to result;
+//! - [`runner`]: one job from assignment to result; [`mask`]: its output's
+//!   secrets masked and its log limited on the way to the outbox;
 //! - [`executor`]: the executor trait; [`process`]: local processes;
-//!   [`docker`]: Docker containers, for jobs with an image.
+//!   [`docker`]: Docker containers, for jobs with an image;
+//! - [`tls`]: TLS to the orchestrator (trusted CA, client certificate).
 
 pub mod docker;
 pub mod executor;
+pub mod mask;
 pub mod outbox;
 pub mod process;
 pub mod recover;
 pub mod runner;
 pub mod session;
 pub mod spool;
+pub mod tls;
 
 pub use session::{AgentConfig, AgentError, DEFAULT_SPOOL_MAX_BYTES, parse_size, run};

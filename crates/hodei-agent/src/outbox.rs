@@ -228,7 +228,8 @@ impl Outbox {
             return;
         };
         let written = tokio::task::spawn_blocking(move || match process_record(pid) {
-            Some(rec) => files.update_meta(|m| m.process = Some(rec)),
+            // Not fsynced: it only has to outlive the agent process.
+            Some(rec) => files.update_meta_cached(|m| m.process = Some(rec)),
             None => Ok(()), // Already gone: nothing to kill later.
         })
         .await;

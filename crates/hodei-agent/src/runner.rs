@@ -17,6 +17,7 @@ use hwp_proto::pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::executor::{ContainerSpec, ExecSpec, Executor, OnStart, OutputChunk, now_ms};
+use crate::mask::{IDLE_FLUSH, OutputFilter};
 use crate::outbox::Outbox;
 
 /// Starts jobs for the session.
@@ -58,6 +59,24 @@ impl Runner {
                 .await;
             return;
         }
+        if !a.secrets_error.is_empty() {
+            // Running it without a secret it needs would be wrong: fail it.
+            let message = format!("hodei: {}", a.secrets_error);
+            self.note(&job_id, &message).await;
+            let outcome = Outcome::SpawnFailed { code: 125, message };
+            self.outbox
+                .finish(&job_id, result(&job_id, a.attempt, &outcome))
+                .await;
+            return;
+        }
+        let filter = OutputFilter::new(
+            &a.secrets,
+            a.max_log_bytes,
+            a.stdout_offset.saturating_add(a.stderr_offset),
+        );
+        // The job's environment: its spec's, then its secrets.
+        let mut env: std::collections::BTreeMap<String, String> = spec.env.into_iter().collect();
+        env.extend(a.secrets.iter().map(|s| (s.name.clone(), s.value.clone())));
         let container = (!a.image.is_empty()).then(|| ContainerSpec {
             image: a.image.clone(),
             working_dir: Some(spec.working_dir.clone()).filter(|d| !d.is_empty()),
@@ -79,7 +98,7 @@ impl Runner {
                     job_id: a.job_id.clone(),
                     attempt: a.attempt,
                     command: a.command.clone(),
-                    env: spec.env.into_iter().collect(),
+                    env,
                     working_dir: dir.clone(),
                     timeout: (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms)),
                     kill_grace: Duration::from_millis(if spec.kill_grace_ms > 0 {
@@ -90,7 +109,7 @@ impl Runner {
                     on_start: OnStart::default(),
                     container,
                 };
-                self.execute(exec, cancel).await
+                self.execute(exec, cancel, filter).await
             }
             Err(message) => {
                 self.note(&job_id, &message).await;
@@ -109,7 +128,12 @@ impl Runner {
         }
     }
 
-    async fn execute(&self, mut exec: ExecSpec, cancel: watch::Receiver<bool>) -> Outcome {
+    async fn execute(
+        &self,
+        mut exec: ExecSpec,
+        cancel: watch::Receiver<bool>,
+        mut filter: OutputFilter,
+    ) -> Outcome {
         let job_id = exec.job_id.clone();
         let executor = if exec.container.is_some() {
             let Some(docker) = self.docker.clone() else {
@@ -149,11 +173,18 @@ impl Runner {
                     None => pids_open = false,
                 },
                 chunk = rx.recv() => match chunk {
-                    Some(chunk) => self.outbox.push(&job_id, chunk).await,
+                    Some(chunk) => self.push(&job_id, filter.chunk(chunk)).await,
                     None => break,
                 },
+                // Bytes held back as a possible start of a secret go out
+                // after a pause, so a prompt without a newline shows.
+                () = tokio::time::sleep(IDLE_FLUSH), if filter.has_pending() => {
+                    self.push(&job_id, filter.flush()).await;
+                }
             }
         }
+        // Everything the job wrote is in the outbox before its result.
+        self.push(&job_id, filter.finish()).await;
         match handle.await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -161,6 +192,12 @@ impl Runner {
                 self.note(&job_id, &message).await;
                 Outcome::SpawnFailed { code: 126, message }
             }
+        }
+    }
+
+    async fn push(&self, job_id: &str, chunks: Vec<OutputChunk>) {
+        for chunk in chunks {
+            self.outbox.push(job_id, chunk).await;
         }
     }
 

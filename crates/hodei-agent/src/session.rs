@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// Run jobs with an image in Docker containers; `None`: no Docker.
     pub docker: Option<DockerConfig>,
+    /// TLS files for an `https://` server (CA to trust, client certificate).
+    pub tls: crate::tls::AgentTls,
+    /// Join token sent with `Attach` (`authorization: Bearer`).
+    pub token: Option<hodei_core::auth::Secret>,
 }
 
 impl AgentConfig {
@@ -66,6 +70,8 @@ impl AgentConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             docker: None,
+            tls: crate::tls::AgentTls::default(),
+            token: None,
         }
     }
 }
@@ -117,6 +123,8 @@ pub enum AgentError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why one session ended.
@@ -182,6 +190,11 @@ pub async fn run(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
+    if !crate::tls::is_https(&config.server) && !config.tls.is_empty() {
+        tracing::warn!(server = %config.server, "TLS files given but the server URL is not https://: they are not used");
+    }
+    // Unreadable TLS files stop the agent now; later dials read them again.
+    crate::tls::configure(endpoint.clone(), &config.server, &config.tls).await?;
     tokio::fs::create_dir_all(&config.work_dir)
         .await
         .map_err(|source| AgentError::WorkDir {
@@ -280,7 +293,7 @@ async fn session(
     runner: &Runner,
     drain: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let channel = match endpoint.connect().await {
+    let channel = match crate::tls::connect(endpoint, &config.server, &config.tls).await {
         Ok(c) => c,
         Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
     };
@@ -305,9 +318,25 @@ async fn session(
     if tx.send(message(Body::Hello(hello))).await.is_err() {
         return SessionEnd::Lost("session closed before Hello".into());
     }
-    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &config.token {
+        match format!("Bearer {}", token.expose()).parse() {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => return SessionEnd::Lost("the join token is not a valid header value".into()),
+        }
+    }
+    let mut inbound = match client.attach(request).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return SessionEnd::Lost(format!("attach refused: {}", status.message())),
+        Err(status) => {
+            // A transport failure's cause (e.g. the server refused our
+            // certificate) is in the source chain, not in the message.
+            let cause = std::error::Error::source(&status)
+                .map(|e| format!(": {}", crate::tls::error_chain(e)))
+                .unwrap_or_default();
+            return SessionEnd::Lost(format!("attach refused: {}{cause}", status.message()));
+        }
     };
     let heartbeat = match inbound.message().await {
         Ok(Some(pb::ServerMessage {

@@ -21,10 +21,25 @@
 //! [`crate::recover`]). Acknowledged ranges are freed with
 //! `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`, in whole 4 KiB
 //! blocks (where the filesystem cannot punch holes the data just stays until
-//! the attempt's directory is deleted). `meta.json` is replaced atomically
-//! (write a temporary file, fsync, rename, fsync the directory). When the
-//! attempt ends, both log files are fsynced and only then is the result
-//! written into `meta.json`: a result found on disk implies its complete log.
+//! the attempt's directory is deleted). `meta.json` is always replaced
+//! atomically (write a temporary file, rename).
+//!
+//! # What is fsynced, and when
+//!
+//! Only the result has to be durable before it is offered: everything
+//! before it (the attempt's directory, its first `meta.json`, the process
+//! record) has to outlive the agent *process*, which the page cache does,
+//! not the machine: when the machine goes down the job's processes die with
+//! it, and a result-less entry found at start is abandoned or discarded
+//! either way. So creating an attempt and recording its process make no
+//! fsync. When the attempt ends ([`AttemptFiles::make_result_durable`]):
+//! the log files that hold bytes the orchestrator has not acknowledged are
+//! fsynced, then `meta.json` with the result is written, fsynced and renamed
+//! into place, and the attempt's directory and the spool directory are
+//! fsynced (so the entry, its files and the rename are on disk). Only then
+//! is the result offered: a result found on disk implies its complete log.
+//! For a job whose output the orchestrator has all acknowledged (or that
+//! printed nothing) that is three fsyncs, down from nine.
 //!
 //! Every function here does blocking file I/O: call them from
 //! `spawn_blocking` (the [`crate::outbox`] does).
@@ -156,8 +171,8 @@ impl AttemptFiles {
             streams,
             meta: Mutex::new(meta),
         };
-        files.update_meta(|_| {})?;
-        sync_dir(root)?;
+        // Not fsynced: see "What is fsynced, and when" above.
+        files.update_meta_cached(|_| {})?;
         Ok(files)
     }
 
@@ -191,6 +206,16 @@ impl AttemptFiles {
 
     /// Changes the metadata and replaces `meta.json` atomically and durably.
     pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
+        self.replace_meta(change, true)
+    }
+
+    /// Changes the metadata and replaces `meta.json` atomically, without
+    /// fsync: the change outlives the agent process, not the machine.
+    pub fn update_meta_cached(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
+        self.replace_meta(change, false)
+    }
+
+    fn replace_meta(&self, change: impl FnOnce(&mut Meta), durable: bool) -> io::Result<()> {
         let mut meta = self.lock_meta();
         let mut next = meta.clone();
         change(&mut next);
@@ -199,12 +224,38 @@ impl AttemptFiles {
         {
             let file = File::create(&tmp)?;
             file.write_all_at(&json, 0)?;
-            file.sync_all()?;
+            if durable {
+                file.sync_all()?;
+            }
         }
         fs::rename(&tmp, self.dir.join(META_FILE))?;
-        sync_dir(&self.dir)?;
+        if durable {
+            sync_dir(&self.dir)?;
+        }
         *meta = next;
         Ok(())
+    }
+
+    /// Makes the attempt's end durable: fsyncs the log files named in
+    /// `unacked` (those holding bytes the orchestrator has not
+    /// acknowledged), writes `change` (the result) into `meta.json` durably,
+    /// then fsyncs the spool directory holding the attempt's directory
+    /// (created without fsync).
+    pub fn make_result_durable(
+        &self,
+        unacked: [bool; 2],
+        change: impl FnOnce(&mut Meta),
+    ) -> io::Result<()> {
+        for (file, dirty) in self.streams.iter().zip(unacked) {
+            if dirty {
+                file.sync_data()?;
+            }
+        }
+        self.update_meta(change)?;
+        match self.dir.parent() {
+            Some(root) => sync_dir(root),
+            None => Ok(()),
+        }
     }
 
     /// Writes `data` at `offset` of stream `stream` (0 = stdout, 1 = stderr).
@@ -267,13 +318,20 @@ impl AttemptFiles {
 pub fn read_meta(dir: &Path) -> Result<Meta, String> {
     let bytes =
         fs::read(dir.join(META_FILE)).map_err(|e| format!("cannot read {META_FILE}: {e}"))?;
+    parse_meta(&bytes, dir.file_name().and_then(|n| n.to_str()))
+}
+
+/// Parses and checks the bytes of `meta.json` found in the directory named
+/// `dir_name`. What is on disk after a crash is untrusted: anything that is
+/// not a consistent record of that directory's attempt is an error.
+pub fn parse_meta(bytes: &[u8], dir_name: Option<&str>) -> Result<Meta, String> {
     let meta: Meta =
-        serde_json::from_slice(&bytes).map_err(|e| format!("corrupt {META_FILE}: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|e| format!("corrupt {META_FILE}: {e}"))?;
     if meta.version != META_VERSION {
         return Err(format!("unknown {META_FILE} version {}", meta.version));
     }
     let expected = attempt_dir_name(&meta.job_id, meta.attempt);
-    if dir.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+    if dir_name != Some(expected.as_str()) {
         return Err(format!(
             "{META_FILE} names job {:?} attempt {}, which is not this directory",
             meta.job_id, meta.attempt
@@ -342,4 +400,44 @@ fn seek_data(file: &File, from: u64) -> io::Result<u64> {
 #[cfg(not(target_os = "linux"))]
 fn seek_data(_file: &File, from: u64) -> io::Result<u64> {
     Ok(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> ResultRecord {
+        ResultRecord {
+            outcome: 1,
+            exit_code: 0,
+            signal: 0,
+            message: String::new(),
+            stdout: Totals {
+                bytes: 3,
+                crc32c: crc32c::crc32c(b"hi\n"),
+            },
+            stderr: Totals::default(),
+        }
+    }
+
+    #[test]
+    fn a_cached_entry_reads_back_and_the_durable_result_replaces_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let files = AttemptFiles::create(root.path(), Meta::new("j/1", 2, [0, 0])).expect("create");
+        // Written without fsync, still complete and valid for a reader.
+        assert_eq!(read_meta(files.dir()).expect("meta").result, None);
+        files.write_at(0, 0, b"hi\n").expect("write");
+        files
+            .update_meta_cached(|m| m.acked = [1, 0])
+            .expect("cached update");
+        assert_eq!(read_meta(files.dir()).expect("meta").acked, [1, 0]);
+        files
+            .make_result_durable([true, false], |m| m.result = Some(result()))
+            .expect("durable result");
+        let meta = read_meta(files.dir()).expect("meta");
+        assert_eq!(meta.result, Some(result()));
+        assert_eq!(meta.acked, [1, 0]);
+        assert_eq!(files.read_at(0, 0, 3).expect("log"), b"hi\n");
+        assert!(!files.dir().join(META_TMP).exists(), "no temporary left");
+    }
 }

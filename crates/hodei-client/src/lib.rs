@@ -8,7 +8,8 @@ use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use hodei_core::api::{
-    EndEvent, ErrorBody, JobList, JobQuery, LogEvent, Stats, SubmitRequest, SubmitResponse,
+    BatchSubmitRequest, BatchSubmitResponse, EndEvent, ErrorBody, JobList, JobQuery, LogEvent,
+    Stats, SubmitRequest, SubmitResponse,
 };
 use hodei_core::engine::WorkerInfo;
 use hodei_core::{Job, JobState, LogStream};
@@ -27,6 +28,24 @@ pub enum ClientError {
     Api { status: u16, body: ErrorBody },
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    #[error("invalid TLS settings: {0}")]
+    Tls(String),
+}
+
+/// An error and its causes, `: `-separated: reqwest's own message does not
+/// say why a connection failed (e.g. which certificate was refused).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 impl ClientError {
@@ -57,20 +76,53 @@ pub enum FollowEvent {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` (marked sensitive: never logged).
+    token: Option<String>,
+}
+
+/// TLS for an `https://` server URL (rustls with ring).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM CA certificate(s) to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate followed by its private key (mTLS).
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 impl Client {
     /// `base`: the server URL, e.g. `http://127.0.0.1:50051`.
     pub fn new(base: &str) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        Client::with_tls(base, &TlsOptions::default())
+    }
+
+    /// Like [`Client::new`], with a CA to trust and a client certificate for
+    /// an `https://` server.
+    pub fn with_tls(base: &str, tls: &TlsOptions) -> Result<Client, ClientError> {
+        let tls_error = |e: reqwest::Error| ClientError::Tls(error_chain(&e));
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .tcp_nodelay(true);
+        if let Some(pem) = &tls.ca_pem {
+            builder = builder.tls_built_in_root_certs(false);
+            for ca in reqwest::Certificate::from_pem_bundle(pem).map_err(tls_error)? {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        if let Some(pem) = &tls.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(pem).map_err(tls_error)?);
+        }
+        let http = builder.build().map_err(tls_error)?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
+            token: None,
         })
+    }
+
+    /// This client, authenticating with `token` (`hodei_<id>_<secret>`).
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -84,13 +136,17 @@ impl Client {
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
         ClientError::Unreachable {
             url: self.base.clone(),
-            message: e.to_string(),
+            message: error_chain(&e),
         }
     }
 
     /// Sends `req`; an error status becomes the server's [`ClientError::Api`]
     /// (or a protocol error when the body is not a JSON error).
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let req = match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if status.is_success() {
@@ -128,6 +184,17 @@ impl Client {
 
     pub async fn submit(&self, request: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
         self.call(self.http.post(self.url("/jobs")).json(request))
+            .await
+    }
+
+    /// Submits many jobs in one request and one transaction
+    /// (`POST /api/v1/jobs/batch`, at most `hodei_core::api::MAX_BATCH_JOBS`).
+    pub async fn submit_batch(
+        &self,
+        jobs: Vec<SubmitRequest>,
+    ) -> Result<BatchSubmitResponse, ClientError> {
+        let body = BatchSubmitRequest { jobs };
+        self.call(self.http.post(self.url("/jobs/batch")).json(&body))
             .await
     }
 
@@ -190,6 +257,52 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
         self.call(self.http.post(self.url(&format!("/jobs/{id}/cancel"))))
             .await
+    }
+
+    /// Creates a token (admin); the answer holds its value, shown once.
+    pub async fn create_token(
+        &self,
+        request: &hodei_core::auth::CreateTokenRequest,
+    ) -> Result<hodei_core::auth::CreatedToken, ClientError> {
+        self.call(self.http.post(self.url("/tokens")).json(request))
+            .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<hodei_core::auth::TokenInfo>, ClientError> {
+        self.get_json("/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<hodei_core::auth::TokenInfo, ClientError> {
+        self.call(self.http.post(self.url(&format!("/tokens/{id}/revoke"))))
+            .await
+    }
+
+    /// Sets secret `name` to `value` (admin); the answer never holds it.
+    pub async fn set_secret(
+        &self,
+        name: &str,
+        value: String,
+    ) -> Result<hodei_core::api::SecretInfo, ClientError> {
+        let body = hodei_core::api::SetSecretRequest { value };
+        self.call(
+            self.http
+                .put(self.url(&format!("/secrets/{name}")))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Every secret's name and times (admin; never values).
+    pub async fn secrets(&self) -> Result<Vec<hodei_core::api::SecretInfo>, ClientError> {
+        let list: hodei_core::api::SecretList = self.get_json("/secrets").await?;
+        Ok(list.secrets)
+    }
+
+    /// Deletes secret `name` (admin).
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(&format!("/secrets/{name}"))))
+            .await
+            .map(drop)
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {

@@ -45,6 +45,9 @@ pub struct SubmitRequest {
     /// `if-not-present` or `never`; absent: the agent's default. Image jobs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_policy: Option<PullPolicy>,
+    /// Names of stored secrets the job gets as environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl SubmitRequest {
@@ -64,9 +67,38 @@ impl SubmitRequest {
             cpu_millicores: self.cpu_millicores,
             memory_bytes: self.memory_bytes,
             pull_policy: self.pull_policy,
+            secrets: self.secrets,
         };
         (self.id, spec)
     }
+}
+
+/// `PUT /api/v1/secrets/{name}`: a secret's value. No endpoint ever
+/// returns it; Debug output hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSecretRequest {
+    pub value: String,
+}
+
+impl std::fmt::Debug for SetSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetSecretRequest { value: [MASKED] }")
+    }
+}
+
+/// A stored secret: its name and times (Unix ms), never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub created_at: crate::Millis,
+    pub updated_at: crate::Millis,
+}
+
+/// `GET /api/v1/secrets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretList {
+    pub secrets: Vec<SecretInfo>,
 }
 
 /// The reply to a submission.
@@ -75,6 +107,26 @@ pub struct SubmitResponse {
     pub job: Job,
     /// False when an identical job with this id already existed.
     pub created: bool,
+}
+
+/// Most jobs one `POST /api/v1/jobs/batch` takes.
+pub const MAX_BATCH_JOBS: usize = 10_000;
+
+/// `POST /api/v1/jobs/batch`: several submissions in one request, applied
+/// in one transaction. Each item is a [`SubmitRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubmitRequest {
+    pub jobs: Vec<SubmitRequest>,
+}
+
+/// The reply to a batch submission, in the order of the request's items.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSubmitResponse {
+    /// The job ids (generated where the item had none).
+    pub ids: Vec<String>,
+    /// False where an identical job with that id already existed.
+    pub created: Vec<bool>,
 }
 
 /// `GET /api/v1/jobs`: a page of jobs, newest first.

@@ -4,29 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Limits on user input. Anything larger is refused with a message naming the field.
-pub mod limits {
-    pub const MAX_ID_LEN: usize = 128;
-    pub const MAX_NAME_LEN: usize = 256;
-    pub const MAX_ARGS: usize = 4096;
-    pub const MAX_ARG_LEN: usize = 128 * 1024;
-    pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
-    pub const MAX_ENV: usize = 1024;
-    pub const MAX_ENV_BYTES: usize = 1024 * 1024;
-    pub const MAX_LABELS: usize = 64;
-    pub const MAX_LABEL_LEN: usize = 128;
-    pub const MAX_PATH_LEN: usize = 4096;
-    pub const MAX_IMAGE_LEN: usize = 512;
-    pub const MAX_RETRIES: u32 = 100;
-    /// 30 days.
-    pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
-    /// 1000 CPUs.
-    pub const MAX_CPU_MILLICORES: u64 = 1_000_000;
-    /// The Docker engine refuses memory limits below 6 MiB.
-    pub const MIN_MEMORY_BYTES: u64 = 6 << 20;
-    /// 1 PiB.
-    pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
-}
+pub mod limits;
+
+pub use limits::Limits;
 
 /// The capability a worker must advertise to run jobs that have an image.
 pub const DOCKER_CAPABILITY: &str = "docker";
@@ -136,6 +116,10 @@ pub struct JobSpec {
     /// (`if-not-present` unless the agent says otherwise). Only for jobs
     /// with an image.
     pub pull_policy: Option<PullPolicy>,
+    /// Names of stored secrets the job gets as environment variables of the
+    /// same names. Only names are kept here; the values reach the agent
+    /// with the assignment (see `mask` and docs/security.md).
+    pub secrets: Vec<String>,
 }
 
 impl JobSpec {
@@ -172,6 +156,8 @@ impl JobSpec {
         }
         self.labels.sort();
         self.labels.dedup();
+        self.secrets.sort();
+        self.secrets.dedup();
         if self.image.as_deref() == Some("") {
             self.image = None;
         }
@@ -181,33 +167,54 @@ impl JobSpec {
         self
     }
 
-    /// Checks every field; the error names the first field that is wrong.
+    /// Checks every field against the default [`Limits`]; the error names
+    /// the first field that is wrong.
     pub fn validate(&self) -> Result<(), InvalidInput> {
+        self.validate_with(&Limits::default())
+    }
+
+    /// Checks every field against `lim`; the error names the first field
+    /// that is wrong and, for a size or count, the limit.
+    pub fn validate_with(&self, lim: &Limits) -> Result<(), InvalidInput> {
         use limits::*;
         let bad = |field: &str, msg: String| Err(InvalidInput::new(field, msg));
         if self.command.is_empty() || self.command[0].is_empty() {
             return bad("command", "must name a program to run".into());
         }
-        if self.command.len() > MAX_ARGS {
-            return bad("command", format!("has more than {MAX_ARGS} arguments"));
+        if self.command.len() > lim.max_args {
+            return bad(
+                "command",
+                format!(
+                    "has {} arguments; the limit is {}",
+                    self.command.len(),
+                    lim.max_args
+                ),
+            );
         }
         let mut total = 0;
         for (i, arg) in self.command.iter().enumerate() {
             if arg.contains('\0') {
                 return bad("command", format!("argument {i} contains a NUL byte"));
             }
-            if arg.len() > MAX_ARG_LEN {
+            if arg.len() > lim.max_arg_bytes {
                 return bad(
                     "command",
-                    format!("argument {i} is longer than {MAX_ARG_LEN} bytes"),
+                    format!(
+                        "argument {i} is {} bytes long; the limit is {}",
+                        arg.len(),
+                        lim.max_arg_bytes
+                    ),
                 );
             }
             total += arg.len();
         }
-        if total > MAX_COMMAND_BYTES {
+        if total > lim.max_command_bytes {
             return bad(
                 "command",
-                format!("is longer than {MAX_COMMAND_BYTES} bytes"),
+                format!(
+                    "is {total} bytes long; the limit is {}",
+                    lim.max_command_bytes
+                ),
             );
         }
         if self.name.len() > MAX_NAME_LEN {
@@ -222,8 +229,15 @@ impl JobSpec {
                 "must be an image reference without spaces, at most 512 bytes".into(),
             );
         }
-        if self.env.len() > MAX_ENV {
-            return bad("env", format!("has more than {MAX_ENV} variables"));
+        if self.env.len() > lim.max_env {
+            return bad(
+                "env",
+                format!(
+                    "has {} variables; the limit is {}",
+                    self.env.len(),
+                    lim.max_env
+                ),
+            );
         }
         let mut env_bytes = 0;
         for (k, v) in &self.env {
@@ -238,8 +252,14 @@ impl JobSpec {
             }
             env_bytes += k.len() + v.len();
         }
-        if env_bytes > MAX_ENV_BYTES {
-            return bad("env", format!("is larger than {MAX_ENV_BYTES} bytes"));
+        if env_bytes > lim.max_env_bytes {
+            return bad(
+                "env",
+                format!(
+                    "is {env_bytes} bytes (names and values); the limit is {}",
+                    lim.max_env_bytes
+                ),
+            );
         }
         if let Some(dir) = &self.working_dir
             && (dir.len() > MAX_PATH_LEN || dir.contains('\0'))
@@ -271,7 +291,39 @@ impl JobSpec {
         if self.max_retries > MAX_RETRIES {
             return bad("max_retries", format!("must be at most {MAX_RETRIES}"));
         }
+        let size = self.size_bytes();
+        if size > lim.max_spec_bytes {
+            return bad(
+                "spec",
+                format!(
+                    "is {size} bytes in all; the limit is {}",
+                    lim.max_spec_bytes
+                ),
+            );
+        }
+        self.validate_secrets()?;
         self.validate_container()
+    }
+
+    /// Secret names: well-formed, not too many, not also in `env`.
+    fn validate_secrets(&self) -> Result<(), InvalidInput> {
+        use crate::mask::{MAX_JOB_SECRETS, validate_secret_name};
+        if self.secrets.len() > MAX_JOB_SECRETS {
+            return Err(InvalidInput::new(
+                "secrets",
+                format!("has more than {MAX_JOB_SECRETS} secrets"),
+            ));
+        }
+        for name in &self.secrets {
+            validate_secret_name(name).map_err(|m| InvalidInput::new("secrets", m))?;
+            if self.env.contains_key(name) {
+                return Err(InvalidInput::new(
+                    "secrets",
+                    format!("{name} is also set in env: a variable comes from one or the other"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The container-only fields: limits in range, and only with an image.

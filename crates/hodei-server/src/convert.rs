@@ -1,7 +1,7 @@
 //! Conversions between HWP protobuf messages and the core's plain types, and
 //! from engine errors to gRPC statuses.
 
-use hodei_core::engine::{EngineError, ToAgent, WorkerInfo};
+use hodei_core::engine::{AttemptRef, EngineError, Input, SessionId, ToAgent, WorkerInfo};
 use hodei_core::log::StreamTotal;
 use hodei_core::spec::PullPolicy;
 use hodei_core::{Job, JobSpec, LogStream, Outcome};
@@ -28,6 +28,7 @@ pub fn spec_from_request(req: &pb::AssignJobRequest) -> Result<JobSpec, Status> 
         cpu_millicores: Some(ext.cpu_millicores).filter(|c| *c > 0),
         memory_bytes: Some(ext.memory_bytes).filter(|m| *m > 0),
         pull_policy,
+        secrets: ext.secrets,
     })
 }
 
@@ -63,6 +64,7 @@ fn spec_ext(spec: &JobSpec) -> pb::JobSpecExt {
         cpu_millicores: spec.cpu_millicores.unwrap_or_default(),
         memory_bytes: spec.memory_bytes.unwrap_or_default(),
         pull_policy: wire_pull_policy(spec.pull_policy) as i32,
+        secrets: spec.secrets.clone(),
     }
 }
 
@@ -102,14 +104,17 @@ pub fn outcome(result: &pb::JobResult) -> Result<Outcome, Status> {
 }
 
 /// An engine message as it goes on the wire.
+/// The wire form of an engine message; `Denied` ends the stream with
+/// PERMISSION_DENIED instead.
 pub fn server_message(
     msg: ToAgent,
     session_id: &str,
     hb_ms: u64,
     grace_ms: u64,
-) -> pb::ServerMessage {
+) -> Result<pb::ServerMessage, Status> {
     use pb::server_message::Body;
     let body = match msg {
+        ToAgent::Denied { reason } => return Err(Status::permission_denied(reason)),
         ToAgent::Welcome { worker_id } => Body::Welcome(pb::Welcome {
             worker_id,
             session_id: session_id.to_string(),
@@ -152,7 +157,7 @@ pub fn server_message(
             reconnect_within_ms,
         }),
     };
-    pb::ServerMessage { body: Some(body) }
+    Ok(pb::ServerMessage { body: Some(body) })
 }
 
 fn assignment(job: &Job, stdout_offset: u64, stderr_offset: u64) -> pb::Assignment {
@@ -165,6 +170,10 @@ fn assignment(job: &Job, stdout_offset: u64, stderr_offset: u64) -> pb::Assignme
         spec: Some(spec_ext(&job.spec)),
         stdout_offset,
         stderr_offset,
+        // Filled in at the edge, just before sending (`secrets::Delivery`).
+        secrets: Vec::new(),
+        max_log_bytes: 0,
+        secrets_error: String::new(),
     }
 }
 
@@ -178,6 +187,77 @@ pub fn totals(result: &pb::JobResult) -> Option<[StreamTotal; 2]> {
         total(result.stdout.as_ref()?),
         total(result.stderr.as_ref()?),
     ])
+}
+
+/// What one message of an agent's `Attach` session asks of the engine.
+/// `None`: nothing (log output wholly past the job's log limit); an error
+/// ends the session with that status.
+pub fn agent_report(
+    session: SessionId,
+    body: pb::agent_message::Body,
+    max_log_bytes: u64,
+) -> Result<Option<Input>, Status> {
+    use pb::agent_message::Body;
+    let input = match body {
+        Body::Hello(_) => {
+            return Err(Status::invalid_argument(
+                "invalid session: Hello sent twice",
+            ));
+        }
+        Body::Heartbeat(beat) => Input::Running {
+            session,
+            running: beat
+                .running
+                .into_iter()
+                .map(|r| AttemptRef {
+                    job_id: r.job_id,
+                    attempt: r.attempt,
+                })
+                .collect(),
+        },
+        Body::Started(s) => Input::Started {
+            session,
+            job_id: s.job_id,
+            attempt: s.attempt,
+        },
+        Body::Rejected(r) => Input::Rejected {
+            session,
+            job_id: r.job_id,
+            attempt: r.attempt,
+            reason: r.reason,
+        },
+        Body::Log(mut entry) => {
+            let stream = log_stream(entry.stream)?;
+            let mut data = crate::grpc::log_bytes(&mut entry)?;
+            let dropped = crate::secrets::cap_log_entry(entry.offset, &mut data, max_log_bytes);
+            if dropped > 0 {
+                tracing::warn!(job = %entry.job_id, dropped, max_log_bytes, "an agent sent output past the job's log limit; dropped");
+                if data.is_empty() {
+                    return Ok(None);
+                }
+            }
+            Input::Log {
+                session: Some(session),
+                req: None,
+                job_id: entry.job_id,
+                attempt: entry.attempt,
+                stream,
+                offset: Some(entry.offset),
+                data,
+                timestamp_ms: entry.timestamp_ms,
+                only_workers: None,
+            }
+        }
+        Body::Result(result) => Input::Result {
+            session,
+            outcome: outcome(&result)?,
+            totals: totals(&result),
+            job_id: result.job_id,
+            attempt: result.attempt,
+        },
+        Body::Drain(_) => Input::Drain { session },
+    };
+    Ok(Some(input))
 }
 
 pub fn worker_status(info: &WorkerInfo) -> pb::WorkerStatus {
@@ -195,6 +275,7 @@ pub fn status(err: EngineError) -> Status {
         EngineError::NotFound(_) => Status::not_found(err.to_string()),
         EngineError::AlreadyExists(_) => Status::already_exists(err.to_string()),
         EngineError::FailedPrecondition(_) => Status::failed_precondition(err.to_string()),
+        EngineError::PermissionDenied(_) => Status::permission_denied(err.to_string()),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Auth, Principal};
 use crate::convert;
 use crate::reactor::{Hub, now_ms};
 use crate::store::Store;
@@ -22,7 +23,7 @@ use crate::store::Store;
 pub const MAX_LOG_ENTRY: usize = 4 * 1024 * 1024;
 
 /// The raw bytes of a log entry, refused when over [`MAX_LOG_ENTRY`].
-fn log_bytes(entry: &mut pb::LogEntry) -> Result<Bytes, Status> {
+pub fn log_bytes(entry: &mut pb::LogEntry) -> Result<Bytes, Status> {
     let data = if entry.bytes.is_empty() {
         Bytes::from(std::mem::take(&mut entry.data).into_bytes())
     } else {
@@ -45,15 +46,37 @@ pub struct HwpService {
     store: Arc<dyn Store>,
     heartbeat_ms: u64,
     grace_ms: u64,
+    /// Credentials; `None` (in-process tests of the service alone): every
+    /// caller may do everything.
+    auth: Option<Auth>,
+    /// Secret values and the log limit for assignments (see `secrets`).
+    delivery: crate::secrets::Delivery,
 }
 
 impl HwpService {
+    /// Gives assignments their secrets and log limit, and checks that
+    /// submissions name known secrets.
+    pub fn with_delivery(mut self, delivery: crate::secrets::Delivery) -> HwpService {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Checks callers against `auth` (worker bindings, job ownership,
+    /// sessions per identity). The port's auth layer has already
+    /// authenticated them and checked their role.
+    pub fn with_auth(mut self, auth: Auth) -> HwpService {
+        self.auth = Some(auth);
+        self
+    }
+
     pub fn new(hub: Hub, store: Arc<dyn Store>, heartbeat_ms: u64, grace_ms: u64) -> HwpService {
         HwpService {
             hub,
             store,
             heartbeat_ms,
             grace_ms,
+            auth: None,
+            delivery: Default::default(),
         }
     }
 }
@@ -75,8 +98,10 @@ impl WorkerService for HwpService {
         &self,
         request: Request<pb::WorkerRegistration>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let caller = caller(&request);
         let reg = request.into_inner();
         validate_worker_id(&reg.worker_id).map_err(invalid)?;
+        self.bind(&reg.worker_id, caller.as_ref()).await?;
         let labels = validated_labels(reg.capabilities)?;
         let reply = self
             .hub
@@ -97,8 +122,10 @@ impl WorkerService for HwpService {
         &self,
         request: Request<pb::AssignJobRequest>,
     ) -> Result<Response<pb::JobAccepted>, Status> {
+        let caller = caller(&request);
         let req = request.into_inner();
         let spec = convert::spec_from_request(&req)?;
+        self.delivery.check_known(&spec.secrets).await?;
         let id = if req.job_id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {
@@ -114,11 +141,14 @@ impl WorkerService for HwpService {
             })
             .await?;
         match reply {
-            Reply::Submitted { job, created } => Ok(Response::new(pb::JobAccepted {
-                job_id: job.id,
-                state: job.state.to_string(),
-                created,
-            })),
+            Reply::Submitted { job, created } => {
+                self.record_owner(&job.id, created, caller.as_ref()).await?;
+                Ok(Response::new(pb::JobAccepted {
+                    job_id: job.id,
+                    state: job.state.to_string(),
+                    created,
+                }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -127,6 +157,14 @@ impl WorkerService for HwpService {
         &self,
         request: Request<Streaming<pb::LogEntry>>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let only_workers = match caller(&request) {
+            Some(c) if c.role != hodei_core::auth::Role::Admin => match &self.auth {
+                Some(auth) => Some(auth.workers_of(&c.identity()).await),
+                None => None,
+            },
+            _ => None,
+        };
+        let who = caller(&request).map(|c| c.id).unwrap_or_default();
         let mut entries = request.into_inner();
         while let Some(entry) = entries.next().await {
             let mut entry = entry?;
@@ -149,10 +187,15 @@ impl WorkerService for HwpService {
                     } else {
                         now_ms()
                     },
+                    only_workers: only_workers.clone(),
                 })
                 .await?;
             match reply {
                 Reply::LogAppended => {}
+                Reply::Error(hodei_core::engine::EngineError::PermissionDenied(why)) => {
+                    tracing::warn!(token = %who, job = %job_id, reason = %why, "StreamLogs refused: permission denied");
+                    return Err(Status::permission_denied(why));
+                }
                 Reply::Error(hodei_core::engine::EngineError::NotFound(_)) => {
                     return Err(self.closed_or_missing(&job_id).await);
                 }
@@ -166,8 +209,10 @@ impl WorkerService for HwpService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = caller(&request);
         let req = request.into_inner();
         validate_job_id(&req.job_id).map_err(invalid)?;
+        self.may_cancel(&req.job_id, caller.as_ref()).await?;
         let reason = if req.reason.is_empty() {
             "cancelled through HWP CancelJob".to_string()
         } else {
@@ -194,6 +239,7 @@ impl WorkerService for HwpService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let caller = caller(&request);
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(pb::AgentMessage {
@@ -208,6 +254,17 @@ impl WorkerService for HwpService {
         };
         let reg = hello.registration.unwrap_or_default();
         validate_worker_id(&reg.worker_id).map_err(invalid)?;
+        self.bind(&reg.worker_id, caller.as_ref()).await?;
+        let guard = match (&self.auth, &caller) {
+            (Some(auth), Some(c)) => Some(auth.open_session(&c.identity()).map_err(|max| {
+                tracing::warn!(token = %c.id, worker = %reg.worker_id, max, "Attach refused: too many sessions for this identity");
+                Status::resource_exhausted(format!(
+                    "identity {} already has {max} open agent sessions (the limit)",
+                    c.identity()
+                ))
+            })?),
+            _ => None,
+        };
         let mut labels = validated_labels(reg.capabilities)?;
         labels.extend(validated_labels(hello.labels)?);
         let running = hello
@@ -231,14 +288,26 @@ impl WorkerService for HwpService {
         tracing::info!(worker = %reg.worker_id, session, "agent attached");
 
         let (tx, rx) = mpsc::channel(256);
+        // The inbound side ends the agent's stream with the status that
+        // broke the session (e.g. a message over the size limit).
+        let broken_tx = tx.clone();
         let (hb, grace) = (self.heartbeat_ms, self.grace_ms);
         let session_name = session.to_string();
+        let denied_worker = reg.worker_id.clone();
+        let delivery = self.delivery.clone();
         // Outbound: engine messages to the agent. Ends when the engine drops
         // the session (replaced, expired) or the agent goes away.
         tokio::spawn(async move {
             while let Some(msg) = to_agent.recv().await {
-                let msg = convert::server_message(msg, &session_name, hb, grace);
-                if tx.send(Ok(msg)).await.is_err() {
+                let mut msg = convert::server_message(msg, &session_name, hb, grace);
+                if let Ok(msg) = &mut msg {
+                    delivery.complete(msg).await;
+                }
+                if let Err(status) = &msg {
+                    tracing::warn!(worker = %denied_worker, session = %session_name, reason = %status.message(), "agent session refused: permission denied");
+                }
+                let end = msg.is_err();
+                if tx.send(msg).await.is_err() || end {
                     return;
                 }
             }
@@ -246,21 +315,92 @@ impl WorkerService for HwpService {
         // Inbound: agent reports to the engine.
         let hub = self.hub.clone();
         let worker = reg.worker_id;
+        let max_log_bytes = self.delivery.max_log_bytes();
         tokio::spawn(async move {
-            let result = pump_reports(&hub, session, &mut inbound).await;
+            // The session counts against its identity's limit until it ends.
+            let _guard = guard;
+            let result = pump_reports(&hub, session, &mut inbound, max_log_bytes).await;
             match result {
                 Ok(()) => tracing::info!(%worker, session, "agent session closed"),
                 Err(status) => {
-                    tracing::warn!(%worker, session, error = %status.message(), "agent session broken")
+                    tracing::warn!(%worker, session, error = %status.message(), "agent session broken");
+                    let _ = broken_tx.send(Err(status)).await;
                 }
             }
+            drop(broken_tx);
             let _ = hub.send(Input::Detach { session }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+/// The caller the auth layer found.
+fn caller<T>(request: &Request<T>) -> Option<Principal> {
+    request.extensions().get::<Principal>().cloned()
+}
+
 impl HwpService {
+    /// Binds `worker_id` to the caller's identity (first claim), or refuses.
+    async fn bind(&self, worker_id: &str, caller: Option<&Principal>) -> Result<(), Status> {
+        let (Some(auth), Some(c)) = (&self.auth, caller) else {
+            return Ok(());
+        };
+        match auth.bind_worker(worker_id, &c.identity()).await {
+            Ok(()) => Ok(()),
+            Err(crate::auth::BindError::Conflict) => {
+                tracing::warn!(token = %c.id, worker = %worker_id, "worker registration refused: the worker id belongs to another identity");
+                Err(Status::permission_denied(format!(
+                    "worker id {worker_id} is registered to another identity"
+                )))
+            }
+            Err(crate::auth::BindError::Store(e)) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    /// Records who submitted a new job (before the caller is answered).
+    async fn record_owner(
+        &self,
+        job_id: &str,
+        created: bool,
+        caller: Option<&Principal>,
+    ) -> Result<(), Status> {
+        match (&self.auth, caller) {
+            (Some(auth), Some(c)) if created => auth
+                .record_owner(job_id, &c.id)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A `submit` token cancels only the jobs it submitted.
+    async fn may_cancel(&self, job_id: &str, caller: Option<&Principal>) -> Result<(), Status> {
+        let (Some(auth), Some(c)) = (&self.auth, caller) else {
+            return Ok(());
+        };
+        if c.role == hodei_core::auth::Role::Admin {
+            return Ok(());
+        }
+        let owner = auth
+            .owner(job_id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if hodei_core::auth::may_cancel(c.role, &c.id, owner.as_deref()) {
+            return Ok(());
+        }
+        match self.store.get_job(job_id).await {
+            Ok(None) => Ok(()), // NOT_FOUND from the engine
+            Ok(Some(_)) => {
+                tracing::warn!(token = %c.id, job = %job_id, "CancelJob refused: not the submitter");
+                Err(Status::permission_denied(format!(
+                    "job {job_id} was submitted by another token; a {} token cancels only its own jobs",
+                    c.role
+                )))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
     /// NOT_FOUND for an unknown job; FAILED_PRECONDITION for a finished one.
     async fn closed_or_missing(&self, job_id: &str) -> Status {
         match self.store.get_job(job_id).await {
@@ -287,50 +427,12 @@ async fn pump_reports(
     hub: &Hub,
     session: SessionId,
     inbound: &mut Streaming<pb::AgentMessage>,
+    max_log_bytes: u64,
 ) -> Result<(), Status> {
-    use pb::agent_message::Body;
     while let Some(msg) = inbound.next().await {
         let Some(body) = msg?.body else { continue };
-        let input = match body {
-            Body::Hello(_) => {
-                return Err(Status::invalid_argument(
-                    "invalid session: Hello sent twice",
-                ));
-            }
-            Body::Heartbeat(_) => Input::Heartbeat { session },
-            Body::Started(s) => Input::Started {
-                session,
-                job_id: s.job_id,
-                attempt: s.attempt,
-            },
-            Body::Rejected(r) => Input::Rejected {
-                session,
-                job_id: r.job_id,
-                attempt: r.attempt,
-                reason: r.reason,
-            },
-            Body::Log(mut entry) => {
-                let stream = convert::log_stream(entry.stream)?;
-                let data = log_bytes(&mut entry)?;
-                Input::Log {
-                    session: Some(session),
-                    req: None,
-                    job_id: entry.job_id,
-                    attempt: entry.attempt,
-                    stream,
-                    offset: Some(entry.offset),
-                    data,
-                    timestamp_ms: entry.timestamp_ms,
-                }
-            }
-            Body::Result(result) => Input::Result {
-                session,
-                outcome: convert::outcome(&result)?,
-                totals: convert::totals(&result),
-                job_id: result.job_id,
-                attempt: result.attempt,
-            },
-            Body::Drain(_) => Input::Drain { session },
+        let Some(input) = convert::agent_report(session, body, max_log_bytes)? else {
+            continue;
         };
         hub.send(input)
             .await

@@ -39,6 +39,8 @@ pub const LOG_RECEIVED: &str = "hodei_log_bytes_received_total";
 pub const LOG_STORED: &str = "hodei_log_bytes_stored_total";
 pub const COMMIT_SECONDS: &str = "hodei_store_commit_seconds";
 pub const COMMIT_FAILURES: &str = "hodei_store_commit_failures_total";
+pub const STORE_DOWN: &str = "hodei_store_unavailable";
+pub const STORE_OUTAGES: &str = "hodei_store_outages_total";
 pub const GRPC_REQUESTS: &str = "hodei_grpc_requests_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -123,6 +125,14 @@ fn describe() {
         "Duration of a store commit (one per reactor batch)"
     );
     describe_counter!(COMMIT_FAILURES, "Store commits that failed");
+    describe_gauge!(
+        STORE_DOWN,
+        "1 while the store is unavailable and the orchestrator refuses work"
+    );
+    describe_counter!(
+        STORE_OUTAGES,
+        "Times the store failed and the orchestrator rebuilt its state from it"
+    );
     describe_counter!(GRPC_REQUESTS, "gRPC calls completed, by method and status");
 }
 
@@ -157,6 +167,14 @@ pub fn on_commit(took: Duration, ok: bool) {
     histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
     if !ok {
         counter!(COMMIT_FAILURES).increment(1);
+    }
+}
+
+/// Records whether the store is unavailable (the orchestrator refusing work).
+pub fn on_store_outage(down: bool) {
+    gauge!(STORE_DOWN).set(if down { 1.0 } else { 0.0 });
+    if down {
+        counter!(STORE_OUTAGES).increment(1);
     }
 }
 

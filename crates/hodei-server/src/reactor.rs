@@ -24,14 +24,20 @@ use crate::store::{Store, StoreError};
 const MAX_BATCH: usize = 4096;
 /// Most log bytes taken into one batch.
 const MAX_BATCH_LOG_BYTES: usize = 32 * 1024 * 1024;
-/// How often commits are retried before the reactor gives up.
+/// How often commits are retried before the reactor gives up on its state.
 const COMMIT_ATTEMPTS: u32 = 3;
+/// How often the store is probed while it is unavailable (doubling).
+const OUTAGE_RETRY_MIN: Duration = Duration::from_millis(100);
+const OUTAGE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A command for the reactor. Inputs are moved through the channel once;
 /// boxing them would add an allocation per event for no gain.
 #[allow(clippy::large_enum_variant)]
 enum Command {
     Input(Input, Option<oneshot::Sender<Reply>>),
+    /// Requests answered together: always in one batch (one transaction),
+    /// the replies in the order of the inputs.
+    Inputs(Vec<Input>, oneshot::Sender<Vec<Reply>>),
     /// Registers the channel of a new agent session; sent before its `Attach`.
     OpenSession(SessionId, mpsc::UnboundedSender<ToAgent>),
 }
@@ -63,6 +69,18 @@ impl Hub {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Input(make(req), Some(tx)))
+            .await
+            .map_err(|_| HubError::Unavailable)?;
+        rx.await.map_err(|_| HubError::Unavailable)
+    }
+
+    /// Sends requests made with ids from [`Hub::next_id`] as one command:
+    /// they are applied in one batch and committed in one transaction.
+    /// Returns their replies in order.
+    pub async fn request_all(&self, inputs: Vec<Input>) -> Result<Vec<Reply>, HubError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Inputs(inputs, tx))
             .await
             .map_err(|_| HubError::Unavailable)?;
         rx.await.map_err(|_| HubError::Unavailable)
@@ -105,8 +123,9 @@ pub fn now_ms() -> Millis {
 }
 
 /// Starts the reactor over a recovered engine. It runs until every [`Hub`]
-/// is dropped, and fails (stopping the orchestrator) if the store cannot
-/// commit: in-memory state that is not durable must not be acted upon.
+/// is dropped. If the store cannot commit, in-memory state that is not
+/// durable must not be acted upon: the reactor refuses work until the store
+/// is back, then rebuilds its state from it (see `Reactor::outage`).
 pub fn start(
     engine: Engine,
     store: Arc<dyn Store>,
@@ -169,9 +188,58 @@ impl Reactor {
                     Err(_) => break,
                 }
             }
-            self.process(&mut batch).await?;
+            if let Err(e) = self.process(&mut batch).await {
+                batch.clear();
+                self.outage(e, &mut rx).await;
+            }
         }
         Ok(())
+    }
+
+    /// The store failed a commit or a read the batch needed: the engine's
+    /// state may now be ahead of what is durable, so it is thrown away.
+    /// Every agent session is closed (agents redial and resend what was not
+    /// acknowledged) and every command is refused (callers are told to try
+    /// again) until the store answers; then the engine is rebuilt from the
+    /// store, as at a restart. Nothing acknowledged is lost: replies and
+    /// acknowledgements are only ever sent after a commit.
+    async fn outage(&mut self, error: StoreError, rx: &mut mpsc::Receiver<Command>) {
+        tracing::error!(%error, "the store failed; refusing work until it is back");
+        crate::metrics::on_store_outage(true);
+        self.sessions.clear();
+        let mut retry = OUTAGE_RETRY_MIN;
+        loop {
+            let wait = tokio::time::sleep(retry);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    // Dropping a command drops its reply sender: the caller
+                    // gets "unavailable". A new session is closed at once.
+                    cmd = rx.recv() => if cmd.is_none() { return },
+                }
+            }
+            match self.store.ping().await {
+                Ok(()) => {
+                    match crate::recovery::recover_engine(
+                        self.store.as_ref(),
+                        self.engine.config(),
+                    )
+                    .await
+                    {
+                        Ok(engine) => {
+                            self.engine = engine;
+                            crate::metrics::on_store_outage(false);
+                            tracing::info!("the store is back; state rebuilt from it");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "the store answers but recovery failed; retrying"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the store is still unavailable"),
+            }
+            retry = (retry * 2).min(OUTAGE_RETRY_MAX);
+        }
     }
 
     async fn process(&mut self, batch: &mut Vec<Command>) -> Result<(), StoreError> {
@@ -179,8 +247,19 @@ impl Reactor {
         let now = now_ms();
         let mut out = hodei_core::engine::Output::default();
         let mut waiting: Vec<(RequestId, oneshot::Sender<Reply>)> = Vec::new();
+        let mut waiting_all: Vec<(Vec<RequestId>, oneshot::Sender<Vec<Reply>>)> = Vec::new();
         for cmd in batch.drain(..) {
             match cmd {
+                Command::Inputs(inputs, reply) => {
+                    let mut reqs = Vec::with_capacity(inputs.len());
+                    for mut input in inputs {
+                        reqs.extend(request_id(&input));
+                        fill_existing(&mut input, &stored);
+                        crate::metrics::on_input(&input);
+                        self.engine.handle(input, now, &mut out);
+                    }
+                    waiting_all.push((reqs, reply));
+                }
                 Command::OpenSession(id, tx) => {
                     self.sessions.insert(id, tx);
                 }
@@ -214,6 +293,13 @@ impl Reactor {
                 let _ = tx.send(reply);
             }
         }
+        for (reqs, tx) in waiting_all {
+            // A request without a reply drops the sender: the caller is told.
+            let all: Option<Vec<Reply>> = reqs.iter().map(|r| replies.remove(r)).collect();
+            if let Some(all) = all {
+                let _ = tx.send(all);
+            }
+        }
         for notice in out.notices {
             // No subscriber is fine.
             let _ = self.notices.send(notice);
@@ -230,10 +316,14 @@ impl Reactor {
         &self,
         batch: &[Command],
     ) -> Result<HashMap<String, hodei_core::Job>, StoreError> {
-        let ids: Vec<String> = batch
-            .iter()
-            .filter_map(|cmd| match cmd {
-                Command::Input(Input::Submit { id, .. } | Input::Cancel { id, .. }, _)
+        let inputs = batch.iter().flat_map(|cmd| match cmd {
+            Command::Input(input, _) => std::slice::from_ref(input),
+            Command::Inputs(inputs, _) => inputs.as_slice(),
+            Command::OpenSession(..) => &[],
+        });
+        let ids: Vec<String> = inputs
+            .filter_map(|input| match input {
+                Input::Submit { id, .. } | Input::Cancel { id, .. }
                     if self.engine.needs_lookup(id) =>
                 {
                     Some(id.clone())
@@ -262,7 +352,7 @@ impl Reactor {
                     attempt += 1;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "store commit failed; stopping the orchestrator");
+                    tracing::error!(error = %e, "store commit failed");
                     return Err(e);
                 }
             }

@@ -3,14 +3,13 @@
 //! `grpc.health.v1`, reflection v1 and v1alpha) and HTTP (API, metrics,
 //! dashboard).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use hodei_core::engine::{Engine, EngineConfig, Input};
+use hodei_core::engine::{EngineConfig, Input};
 use hwp_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
@@ -20,9 +19,9 @@ use tower::Layer as _;
 use crate::grpc::HwpService;
 use crate::grpc_metrics::GrpcMetricsLayer;
 use crate::http::{self, AppState};
-use crate::reactor::{self, Hub, now_ms};
-use crate::store::{LogQuery, SqliteStore, Store, StoreError};
-use hodei_core::log::StreamTotal;
+use crate::reactor::{self, Hub};
+use crate::store::{Store, StoreError};
+use crate::tls::{RequirePeerIdentity, TlsListener, WithPeer};
 
 /// Agents told of a shutdown redial within this window, spread at random.
 const AGENT_RECONNECT_SPREAD_MS: u64 = 5_000;
@@ -30,19 +29,30 @@ const AGENT_RECONNECT_SPREAD_MS: u64 = 5_000;
 /// How long open streams get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Largest gRPC message the transport decodes (tonic refuses bigger ones
-/// with OUT_OF_RANGE). Each handler applies its own, smaller limits with a
-/// precise status: log entries over [`crate::grpc::MAX_LOG_ENTRY`] are
-/// RESOURCE_EXHAUSTED, oversized spec fields INVALID_ARGUMENT.
-const MAX_GRPC_MESSAGE: usize = 16 * 1024 * 1024;
+/// Headroom of an outgoing message (an assignment) over the job spec it
+/// carries.
+const MESSAGE_OVERHEAD: usize = 1024 * 1024;
 
 /// How to run an orchestrator.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A `postgres://` URL to keep state in PostgreSQL; `None`: the embedded
+    /// SQLite database in `data_dir`.
+    pub database: Option<String>,
     pub heartbeat_interval: Duration,
     pub lease_grace: Duration,
+    /// TLS on the port (and client certificates); `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Input limits: gRPC message, HTTP body, job spec, argv and env.
+    pub limits: hodei_core::spec::Limits,
+    /// Authentication: submission rate, sessions per identity, bootstrap.
+    pub auth: crate::auth::AuthConfig,
+    /// The secrets key (and old keys to rotate from).
+    pub secrets: crate::secrets::SecretsConfig,
+    /// Most bytes of output one job's log keeps (0: no limit).
+    pub max_log_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -50,8 +60,14 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("hodei-data"),
+            database: None,
             heartbeat_interval: Duration::from_secs(5),
             lease_grace: Duration::from_secs(30),
+            tls: None,
+            limits: hodei_core::spec::Limits::default(),
+            auth: crate::auth::AuthConfig::default(),
+            secrets: crate::secrets::SecretsConfig::default(),
+            max_log_bytes: crate::secrets::DEFAULT_MAX_LOG_BYTES,
         }
     }
 }
@@ -71,39 +87,14 @@ pub enum ServerError {
     ReactorGone,
     #[error("cannot build the gRPC reflection service: {0}")]
     Reflection(String),
-}
-
-/// Size and checksum of the stored log of each unfinished attempt, read back
-/// from the store, so that results reported after a restart are verified
-/// against everything stored, not only what arrived since.
-async fn stored_totals(
-    store: &dyn Store,
-    log_ends: &HashMap<(String, u32), [u64; 2]>,
-) -> Result<HashMap<(String, u32), [StreamTotal; 2]>, StoreError> {
-    let mut totals = HashMap::new();
-    for ((job_id, attempt), ends) in log_ends {
-        let mut sums = [StreamTotal::default(); 2];
-        let mut query = LogQuery {
-            job_id: job_id.clone(),
-            attempt: *attempt,
-            stream: None,
-            from: [0, 0],
-            max_bytes: 4 * 1024 * 1024,
-        };
-        while query.from != *ends {
-            let chunks = store.read_logs(&query).await?;
-            if chunks.is_empty() {
-                break;
-            }
-            for chunk in chunks {
-                let i = chunk.stream.index();
-                sums[i] = sums[i].append(&chunk.data);
-                query.from[i] = chunk.offset + chunk.data.len() as u64;
-            }
-        }
-        totals.insert((job_id.clone(), *attempt), sums);
-    }
-    Ok(totals)
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("invalid limits: {0}")]
+    Limits(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
 }
 
 /// A started orchestrator.
@@ -111,45 +102,71 @@ pub struct Server {
     pub addr: SocketAddr,
     hub: Hub,
     listener: TcpListener,
+    /// `Some`: the port speaks TLS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
     health: HealthReporter,
     reactor: tokio::task::JoinHandle<Result<(), StoreError>>,
+    auth: crate::auth::Auth,
+    bootstrap: Option<crate::auth::Bootstrap>,
 }
 
 impl Server {
     /// Opens the store, recovers every unfinished job and binds the port.
     pub async fn start(config: &ServerConfig) -> Result<Server, ServerError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
-        let recovery = store.recover().await?;
+        config.limits.check().map_err(ServerError::Limits)?;
+        // Bad TLS files fail the start before anything else is touched.
+        let tls = match &config.tls {
+            Some(settings) => Some(crate::tls::server_config(settings).await?),
+            None => None,
+        };
+        let workers_need_certificate = config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.workers_need_certificate());
+        let store: Arc<dyn Store> =
+            crate::store::open(config.database.as_deref(), &config.data_dir).await?;
         let engine_config = EngineConfig {
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             lease_grace_ms: config.lease_grace.as_millis() as u64,
         };
-        tracing::info!(
-            unfinished = recovery.unfinished.len(),
-            workers = recovery.workers.len(),
-            data_dir = %config.data_dir.display(),
-            "recovered state from the store"
-        );
-        let totals = stored_totals(store.as_ref(), &recovery.log_ends).await?;
-        let engine = Engine::recover(
-            engine_config,
-            recovery.unfinished,
-            &totals,
-            recovery.workers,
-            recovery.max_seq,
-            now_ms(),
-        );
+        tracing::info!(data_dir = %config.data_dir.display(), "opened the store");
+        let engine = crate::recovery::recover_engine(store.as_ref(), engine_config)
+            .await?
+            .with_limits(config.limits);
         let (hub, reactor) = reactor::start(engine, store.clone());
+        let (auth, bootstrap) =
+            crate::auth::Auth::open(&config.data_dir, config.auth.clone()).await?;
+        auth.sessions().set_secure(tls.is_some());
+        let secrets = crate::secrets::Secrets::open(&config.data_dir, &config.secrets).await?;
         let grpc = HwpService::new(
             hub.clone(),
             store.clone(),
             engine_config.heartbeat_interval_ms,
             engine_config.lease_grace_ms,
-        );
+        )
+        .with_auth(auth.clone())
+        .with_delivery(crate::secrets::Delivery::new(
+            Some(secrets.clone()),
+            config.max_log_bytes,
+        ));
+        // Messages over the limit are refused by `GrpcFrameLimit` with
+        // RESOURCE_EXHAUSTED as soon as their prefix arrives (tonic's own
+        // check, OUT_OF_RANGE, is the backstop). Each handler applies its
+        // own, smaller limits with a precise status: log entries over
+        // [`crate::grpc::MAX_LOG_ENTRY`] are RESOURCE_EXHAUSTED, specs over
+        // the limits INVALID_ARGUMENT. Outgoing assignments carry a spec.
+        let limits = config.limits;
         let grpc = WorkerServiceServer::new(grpc)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(limits.max_grpc_message_bytes)
+            .max_encoding_message_size(
+                (limits.max_spec_bytes.saturating_add(MESSAGE_OVERHEAD))
+                    .max(limits.max_grpc_message_bytes),
+            );
+        let grpc = tower::util::MapRequestLayer::new(crate::limits::GrpcFrameLimit::wrap(
+            limits.max_grpc_message_bytes,
+        ))
+        .layer(grpc);
         crate::metrics::install();
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -172,8 +189,12 @@ impl Server {
         let app = http::router(AppState {
             hub: hub.clone(),
             store,
+            limits,
         })
-        .route_service("/hwp.WorkerService/{*method}", counted.layer(grpc))
+        .route_service(
+            "/hwp.WorkerService/{*method}",
+            counted.layer(RequirePeerIdentity::new(grpc, workers_need_certificate)),
+        )
         .route_service(
             "/grpc.health.v1.Health/{*method}",
             counted.layer(health_service),
@@ -185,7 +206,15 @@ impl Server {
         .route_service(
             "/grpc.reflection.v1alpha.ServerReflection/{*method}",
             counted.layer(reflection_v1alpha),
-        );
+        )
+        // Every route, HTTP and gRPC, those added later included: who is
+        // calling and may they (see `auth::middleware`).
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::auth::middleware::authenticate,
+        ))
+        .layer(axum::Extension(auth.clone()))
+        .layer(axum::Extension(secrets));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -194,14 +223,42 @@ impl Server {
                     source,
                 })?;
         let addr = listener.local_addr()?;
+        if crate::tls::plaintext_beyond_loopback(addr.ip(), tls.is_some()) {
+            tracing::warn!(%addr, "listening beyond loopback without TLS: job specs, logs and credentials cross the network in clear text; use --tls-cert and --tls-key");
+        }
         Ok(Server {
             addr,
             hub,
             listener,
+            tls,
             app,
             health,
             reactor,
+            auth,
+            bootstrap,
         })
+    }
+
+    /// The admin token created at this first start, to show once; `None`
+    /// when the data directory already had tokens (or it was provisioned).
+    pub fn first_start_admin_token(&self) -> Option<&str> {
+        self.bootstrap.as_ref()?.print_admin.as_deref()
+    }
+
+    /// The local admin token (the data directory's `admin.token`), for
+    /// in-process clients (`hodei demo`, `hodei bench`).
+    pub fn admin_token(&self) -> Option<String> {
+        self.auth.local_admin_token()
+    }
+
+    /// The local agent join token (`agent.token`), for in-process agents.
+    pub fn join_token(&self) -> Option<String> {
+        self.auth.local_agent_token()
+    }
+
+    /// `https` when the port speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// A handle to the reactor (for in-process use, e.g. `hodei demo`).
@@ -218,16 +275,13 @@ impl Server {
             addr,
             hub,
             listener,
+            tls,
             app,
             health,
             mut reactor,
+            ..
         } = self;
-        tracing::info!(%addr, "hodei server listening (gRPC HWP and HTTP API)");
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        tracing::info!(%addr, tls = tls.is_some(), "hodei server listening (gRPC HWP and HTTP API)");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let upkeep = tokio::spawn(async {
             let mut every = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
@@ -259,9 +313,33 @@ impl Server {
             let _ = stop_tx.send(true);
         });
         let mut graceful = stop_rx.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let graceful = async move {
             let _ = graceful.wait_for(|stop| *stop).await;
-        });
+        };
+        // Both ways give handlers `ConnectInfo<SocketAddr>`; over TLS also
+        // the client's verified `PeerIdentity`.
+        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+            Some(config) => Box::pin(
+                axum::serve(TlsListener::new(listener, config)?, WithPeer::new(app))
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            ),
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                Box::pin(
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+                )
+            }
+        };
         let mut deadline = stop_rx;
         let _upkeep = AbortOnDrop(upkeep);
         tokio::select! {

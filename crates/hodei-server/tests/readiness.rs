@@ -79,6 +79,7 @@ async fn readiness_follows_the_store_and_the_reactor() {
     let app = router(AppState {
         hub,
         store: store.clone(),
+        limits: Default::default(),
     });
     assert_eq!(readyz(&app).await, (StatusCode::OK, "ready".to_string()));
 

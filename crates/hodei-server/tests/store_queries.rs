@@ -1,11 +1,13 @@
-//! The operator queries of the SQLite store: list filters (label, worker,
+//! The operator queries of the store, on both backends: list filters (label, worker,
 //! name prefix, combined with state and the cursor), counts by state, jobs
 //! finished per minute, and the ping.
 
 use hodei_core::engine::Writes;
 use hodei_core::{Job, JobSpec, JobState};
-use hodei_server::store::{JobFilter, SqliteStore, Store};
-use tempfile::TempDir;
+mod support;
+
+use hodei_server::store::{JobFilter, Store};
+use support::{Backend, TestDb};
 
 fn job(seq: u64, name: &str, labels: &[&str], worker: Option<&str>, state: JobState) -> Job {
     let spec = JobSpec {
@@ -23,26 +25,25 @@ fn job(seq: u64, name: &str, labels: &[&str], worker: Option<&str>, state: JobSt
     job
 }
 
-async fn store_with(jobs: Vec<Job>) -> (TempDir, SqliteStore) {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn store_with(backend: Backend, jobs: Vec<Job>) -> (TestDb, std::sync::Arc<dyn Store>) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let writes = Writes {
         jobs: jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
         ..Writes::default()
     };
     store.commit(&writes).await.unwrap();
-    (dir, store)
+    (db, store)
 }
 
-async fn seqs(store: &SqliteStore, filter: JobFilter) -> Vec<u64> {
+async fn seqs(store: &dyn Store, filter: JobFilter) -> Vec<u64> {
     let jobs = store.list_jobs(&filter).await.unwrap();
     jobs.iter().map(|j| j.seq).collect()
 }
 
-#[tokio::test]
-async fn filters_combine_and_page() {
+async fn filters_combine_and_page(backend: Backend) {
     use JobState::*;
-    let (_dir, store) = store_with(vec![
+    let (_dir, store) = store_with(backend, vec![
         job(1, "build-web", &["linux"], Some("w1"), Succeeded),
         job(2, "build-api", &["linux", "gpu"], Some("w2"), Failed),
         job(3, "test", &[], Some("w1"), Running),
@@ -64,19 +65,19 @@ async fn filters_combine_and_page() {
         name_prefix: Some(p.into()),
         ..f()
     };
-    assert_eq!(seqs(&store, label("linux")).await, [6, 2, 1]);
-    assert_eq!(seqs(&store, label("gpu")).await, [4, 2]);
+    assert_eq!(seqs(store.as_ref(), label("linux")).await, [6, 2, 1]);
+    assert_eq!(seqs(store.as_ref(), label("gpu")).await, [4, 2]);
     assert_eq!(
-        seqs(&store, label("lin")).await,
+        seqs(store.as_ref(), label("lin")).await,
         [0u64; 0],
         "whole labels only"
     );
-    assert_eq!(seqs(&store, worker("w1")).await, [5, 3, 1]);
-    assert_eq!(seqs(&store, prefix("build")).await, [5, 4, 2, 1]);
-    assert_eq!(seqs(&store, prefix("build-")).await, [2, 1]);
-    assert_eq!(seqs(&store, prefix("build[")).await, [5], "[ is literal");
-    assert_eq!(seqs(&store, prefix("Build")).await, [6], "case-sensitive");
-    assert_eq!(seqs(&store, prefix("")).await.len(), 6);
+    assert_eq!(seqs(store.as_ref(), worker("w1")).await, [5, 3, 1]);
+    assert_eq!(seqs(store.as_ref(), prefix("build")).await, [5, 4, 2, 1]);
+    assert_eq!(seqs(store.as_ref(), prefix("build-")).await, [2, 1]);
+    assert_eq!(seqs(store.as_ref(), prefix("build[")).await, [5], "[ is literal");
+    assert_eq!(seqs(store.as_ref(), prefix("Build")).await, [6], "case-sensitive");
+    assert_eq!(seqs(store.as_ref(), prefix("")).await.len(), 6);
     let all = JobFilter {
         state: Some(Succeeded),
         worker: Some("w1".into()),
@@ -85,25 +86,24 @@ async fn filters_combine_and_page() {
         before_seq: Some(5),
         limit: 10,
     };
-    assert_eq!(seqs(&store, all).await, [1]);
+    assert_eq!(seqs(store.as_ref(), all).await, [1]);
     let page = JobFilter {
         label: Some("linux".into()),
         limit: 2,
         ..f()
     };
-    assert_eq!(seqs(&store, page.clone()).await, [6, 2]);
+    assert_eq!(seqs(store.as_ref(), page.clone()).await, [6, 2]);
     let next = JobFilter {
         before_seq: Some(2),
         ..page
     };
-    assert_eq!(seqs(&store, next).await, [1]);
+    assert_eq!(seqs(store.as_ref(), next).await, [1]);
 }
 
-#[tokio::test]
-async fn counts_by_state_and_minute() {
+async fn counts_by_state_and_minute(backend: Backend) {
     use JobState::*;
     // finished_at = 1_000_000 + 30 s × seq.
-    let (_dir, store) = store_with(vec![
+    let (_dir, store) = store_with(backend, vec![
         job(1, "a", &[], None, Succeeded),
         job(2, "a", &[], None, Failed),
         job(3, "a", &[], None, Succeeded),
@@ -141,3 +141,5 @@ async fn counts_by_state_and_minute() {
     assert!(store.finished_since(i64::MAX).await.unwrap().is_empty());
     store.ping().await.unwrap();
 }
+
+on_both_backends!(filters_combine_and_page, counts_by_state_and_minute);

@@ -146,7 +146,7 @@ async fn log_follow_resumes_from_the_last_event_id() {
         .expect("submit")
         .job;
     let url = format!("{}/api/v1/jobs/{}/logs/follow", server.url, job.id);
-    let http = reqwest::Client::new();
+    let http = http();
 
     // Read until "line 2" arrived, then drop the connection.
     let resp = http.get(&url).send().await.expect("follow");

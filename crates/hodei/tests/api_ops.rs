@@ -42,10 +42,7 @@ async fn health_readiness_and_metrics() {
         .job;
     client.wait(&job.id).await.expect("wait");
     // One unary gRPC call, so its counter exists.
-    let mut hwp =
-        hwp_proto::pb::worker_service_client::WorkerServiceClient::connect(server.url.clone())
-            .await
-            .expect("connect");
+    let mut hwp = hwp_client(&server.url).await;
     let missing = hwp
         .cancel_job(hwp_proto::pb::CancelJobRequest {
             job_id: "ghost".into(),
@@ -79,7 +76,9 @@ async fn health_readiness_and_metrics() {
             "metrics lack {expected:?}:\n{text}"
         );
     }
-    let resp = reqwest::get(format!("{}/metrics", server.url))
+    let resp = http()
+        .get(format!("{}/metrics", server.url))
+        .send()
         .await
         .expect("metrics");
     let ctype = resp.headers()[reqwest::header::CONTENT_TYPE]
@@ -226,8 +225,14 @@ async fn the_openapi_document_matches_what_the_server_answers() {
     ] {
         assert!(paths.contains_key(must), "{must} not described");
     }
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", admin_token()).parse().expect("header"),
+    );
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(auth)
         .build()
         .expect("client");
     let mut checked = 0;

@@ -15,7 +15,6 @@ use hodei_core::{Job, JobState};
 use hwp_proto::pb;
 use hwp_proto::pb::worker_service_client::WorkerServiceClient;
 use reqwest::StatusCode;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Mismatches collected over one test; `finish` fails with all of them.
@@ -73,10 +72,8 @@ impl Checks {
 // gRPC
 // ---------------------------------------------------------------------------
 
-async fn hwp(server: &ServerProc) -> WorkerServiceClient<Channel> {
-    WorkerServiceClient::connect(server.url.clone())
-        .await
-        .expect("connect HWP client")
+async fn hwp(server: &ServerProc) -> WorkerServiceClient<Authed> {
+    hwp_client(&server.url).await
 }
 
 fn assign(job_id: &str, command: &[&str]) -> pb::AssignJobRequest {
@@ -101,7 +98,7 @@ const KEEPER_CMD: &[&str] = &["sh", "-c", "echo keep"];
 const KEEPER_LOG: &[u8] = b"kept log\n";
 
 /// A queued job with some log, made before the bad input.
-async fn grpc_keeper(server: &ServerProc, hwp: &mut WorkerServiceClient<Channel>) -> Job {
+async fn grpc_keeper(server: &ServerProc, hwp: &mut WorkerServiceClient<Authed>) -> Job {
     let accepted = hwp
         .assign_job(assign("keeper", KEEPER_CMD))
         .await
@@ -294,7 +291,7 @@ async fn grpc_unknown_jobs_and_bad_sessions_are_refused() {
 /// Opens an Attach session with `messages` and returns the first thing the
 /// server says (a status either for the call or on the response stream).
 async fn attach(
-    hwp: &mut WorkerServiceClient<Channel>,
+    hwp: &mut WorkerServiceClient<Authed>,
     messages: Vec<pb::AgentMessage>,
 ) -> Result<Option<pb::ServerMessage>, Status> {
     let response = hwp.attach(tokio_stream::iter(messages)).await?;
@@ -518,7 +515,7 @@ async fn http_bad_submissions_are_refused_with_json_errors() {
     let dir = tempdir();
     let server = ServerProc::start(&dir.path().join("data"), &[]);
     let keeper = http_keeper(&server).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let long_id = "x".repeat(10 * 1024);
     let oversized = format!(
         r#"{{"command":["echo","{}"]}}"#,
@@ -605,7 +602,7 @@ async fn http_bad_reads_and_unknown_jobs_are_refused_with_json_errors() {
     let dir = tempdir();
     let server = ServerProc::start(&dir.path().join("data"), &[]);
     let keeper = http_keeper(&server).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let long_id = "x".repeat(10 * 1024);
 
     let cases = vec![

@@ -197,6 +197,38 @@ async fn dashboard_in_a_real_browser() {
         .expect("start a headless Chromium session");
     let base = server.url.clone();
 
+    // 0. Signing in: the dashboard asks for a token, then sets its session.
+    browser
+        .goto(&format!("{base}/ui/jobs"))
+        .await
+        .expect("goto");
+    wait_js(
+        &browser,
+        "return location.pathname === '/ui/login';",
+        "the sign-in page",
+    )
+    .await;
+    browser
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .expect("token field")
+        .send_keys(admin_token())
+        .await
+        .expect("type the token");
+    browser
+        .find(Locator::Css("form.login button"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("sign in");
+    wait_js(
+        &browser,
+        "return location.pathname === '/ui/jobs';",
+        "the jobs page after signing in",
+    )
+    .await;
+
     // 1. The jobs page is open; a job submitted through the API appears in
     //    it, live, and reaches its final state.
     open_live(&browser, &base, "/ui/jobs").await;

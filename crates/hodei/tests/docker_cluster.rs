@@ -75,6 +75,10 @@ impl DockerCluster {
             "127.0.0.1::50051",
             "-e",
             "HODEI_LOG=warn",
+            "-e",
+            &format!("HODEI_BOOTSTRAP_ADMIN_TOKEN={}", admin_token()),
+            "-e",
+            &format!("HODEI_BOOTSTRAP_JOIN_TOKEN={}", join_token()),
             image,
             "hodei",
             "server",
@@ -95,7 +99,9 @@ impl DockerCluster {
             .unwrap_or_else(|| panic!("no loopback port published: {port:?}"))
             .to_string();
         let url = format!("http://{addr}");
-        let client = Client::new(&url).expect("client");
+        let client = Client::new(&url)
+            .expect("client")
+            .with_token(Some(admin_token().to_string()));
         let server_url = format!("http://{server}:50051");
         let mut names = Vec::new();
         for i in 1..=agents {
@@ -113,6 +119,8 @@ impl DockerCluster {
                 &net,
                 "-e",
                 "HODEI_LOG=warn",
+                "-e",
+                &format!("HODEI_JOIN_TOKEN={}", join_token()),
                 image,
                 "hodei",
                 "agent",
@@ -221,7 +229,7 @@ async fn attempt_stdout(client: &Client, id: &str, attempt: u32) -> String {
         "{}/api/v1/jobs/{id}/logs?stream=stdout&attempt={attempt}",
         client.base_url()
     );
-    let resp = reqwest::get(&url).await.expect("GET attempt log");
+    let resp = http().get(&url).send().await.expect("GET attempt log");
     String::from_utf8_lossy(&resp.bytes().await.expect("body")).into_owned()
 }
 

@@ -270,7 +270,7 @@ async fn attempt_log(client: &Client, id: &str, attempt: u32) -> Vec<u8> {
         "{}/api/v1/jobs/{id}/logs?stream=stdout&attempt={attempt}",
         client.base_url()
     );
-    let resp = reqwest::get(&url).await.expect("GET attempt log");
+    let resp = http().get(&url).send().await.expect("GET attempt log");
     assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
     resp.bytes().await.expect("attempt log body").to_vec()
 }
@@ -864,6 +864,7 @@ async fn five_hundred_agents_reconnect_after_a_server_restart() {
         let name = format!("sim-{i:03}");
         let mut config = hodei_agent::AgentConfig::new(server.url.clone(), name.clone());
         config.slots = 1;
+        config.token = Some(hodei_core::auth::Secret::new(join_token()));
         config.work_dir = dir.path().join("work").join(&name);
         let (drain, drain_rx) = tokio::sync::watch::channel(false);
         drains.push(drain);

@@ -11,12 +11,9 @@ use hodei_core::JobState;
 use hwp_seed::pb;
 use hwp_seed::pb::worker_service_client::WorkerServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
-async fn seed_client(server: &ServerProc) -> WorkerServiceClient<Channel> {
-    WorkerServiceClient::connect(server.url.clone())
-        .await
-        .expect("connect the seed client")
+async fn seed_client(server: &ServerProc) -> WorkerServiceClient<Authed> {
+    seed_client_with(&server.url, admin_token()).await
 }
 
 fn assign(job_id: &str, command: &[&str]) -> pb::AssignJobRequest {

@@ -13,6 +13,16 @@ pub mod pb {
     tonic::include_proto!("hwp");
 }
 
+/// A secret's value is never printed: Debug shows its name only.
+impl std::fmt::Debug for pb::SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretEnv")
+            .field("name", &self.name)
+            .field("value", &"[MASKED]")
+            .finish()
+    }
+}
+
 /// The encoded `FileDescriptorSet` of `hwp.proto` (package `hwp`), for gRPC
 /// server reflection and for tools that need the schema at run time.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -49,5 +59,19 @@ mod tests {
         ] {
             assert!(methods.contains(&rpc), "{rpc} missing from {methods:?}");
         }
+    }
+
+    #[test]
+    fn secret_values_are_redacted_in_debug_output() {
+        let a = super::pb::Assignment {
+            secrets: vec![super::pb::SecretEnv {
+                name: "TOKEN".into(),
+                value: "hunter2-value".into(),
+            }],
+            ..Default::default()
+        };
+        let shown = format!("{a:?}");
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

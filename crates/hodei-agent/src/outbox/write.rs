@@ -140,9 +140,11 @@ impl Outbox {
         };
         let result = wire_result(job_id, result.attempt, base, &record);
         if let Some(files) = files {
+            // Only the streams with bytes the orchestrator has not
+            // acknowledged need to reach the disk before the result.
+            let unacked = [totals[0].bytes > acked[0], totals[1].bytes > acked[1]];
             let durable = tokio::task::spawn_blocking(move || {
-                files.sync_logs()?;
-                files.update_meta(|m| {
+                files.make_result_durable(unacked, |m| {
                     m.acked = acked;
                     m.result = Some(record);
                 })

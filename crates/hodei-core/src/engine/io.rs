@@ -111,6 +111,11 @@ pub enum Input {
         offset: Option<u64>,
         data: Bytes,
         timestamp_ms: Millis,
+        /// Seed `StreamLogs` from an agent (not admin) credential: the job's
+        /// current attempt must be held by one of these workers (those bound
+        /// to the caller's identity), else `PermissionDenied`. `None`: no
+        /// such restriction (admin; agent sessions are judged by session).
+        only_workers: Option<Vec<String>>,
     },
     Result {
         session: SessionId,
@@ -120,6 +125,12 @@ pub enum Input {
         /// What the agent produced on (stdout, stderr), to verify the stored
         /// log against; `None` when the agent did not say.
         totals: Option<[StreamTotal; 2]>,
+    },
+    /// The attempts an agent says it runs (its heartbeat): each must be its
+    /// own, else the session is refused.
+    Running {
+        session: SessionId,
+        running: Vec<AttemptRef>,
     },
     /// Time passes: leases are checked.
     Tick,
@@ -159,6 +170,11 @@ pub enum ToAgent {
     /// The orchestrator is stopping; reconnect within this many ms.
     Shutdown {
         reconnect_within_ms: u64,
+    },
+    /// The agent reported on an attempt that is not its own: its session
+    /// ends with PERMISSION_DENIED (and is closed by the same batch).
+    Denied {
+        reason: String,
     },
 }
 
@@ -203,6 +219,8 @@ pub enum EngineError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// A log chunk to store.

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use super::{
     Engine, EngineError, LiveJob, LogWrite, Notice, Output, Reply, RequestId, SessionId, ToAgent,
 };
+use crate::auth::Verdict;
 use crate::job::{Job, JobEvent, JobState, Millis, Outcome, TransitionError, transition};
 use crate::log::{ChunkFit, LogStream, StreamTotal, fit_chunk};
 use crate::spec::{JobSpec, validate_job_id};
@@ -71,7 +72,7 @@ impl Engine {
         out: &mut Output,
     ) {
         let spec = spec.normalized();
-        if let Err(e) = validate_job_id(&id).and_then(|()| spec.validate()) {
+        if let Err(e) = validate_job_id(&id).and_then(|()| spec.validate_with(&self.limits)) {
             out.replies.push((req, Reply::Error(e.into())));
             return;
         }
@@ -108,6 +109,7 @@ impl Engine {
             LiveJob {
                 job,
                 stored: Default::default(),
+                holders: Default::default(),
             },
         );
     }
@@ -162,22 +164,15 @@ impl Engine {
             .push((req, Reply::Cancelled { job: Box::new(job) }));
     }
 
-    /// Whether `session` belongs to the worker holding `job_id`'s `attempt`.
-    /// A report that fails this check is stale (an old attempt, another
-    /// worker, or a finished job) and must not change the job.
-    fn owns(&self, session: SessionId, job_id: &str, attempt: u32) -> bool {
-        let Some(live) = self.jobs.get(job_id) else {
-            return false;
-        };
-        let holds = matches!(live.job.state, JobState::Assigned | JobState::Running);
-        holds
-            && live.job.attempt == attempt
-            && self.sessions.get(&session) == live.job.worker.as_ref()
-    }
-
     /// Tells an agent to stop an attempt that is no longer its to run.
     /// Once per batch and attempt: a fenced agent may still be streaming.
-    fn fence(&mut self, session: SessionId, job_id: String, attempt: u32, out: &mut Output) {
+    pub(super) fn fence(
+        &mut self,
+        session: SessionId,
+        job_id: String,
+        attempt: u32,
+        out: &mut Output,
+    ) {
         if !self.fenced.insert((session, job_id.clone(), attempt)) {
             return;
         }
@@ -200,8 +195,10 @@ impl Engine {
         out: &mut Output,
     ) {
         self.touch(session, now);
-        if !self.owns(session, &job_id, attempt) {
-            return self.fence(session, job_id, attempt, out);
+        match self.verdict(session, &job_id, attempt) {
+            Verdict::Apply => {}
+            Verdict::Stale => return self.fence(session, job_id, attempt, out),
+            Verdict::Denied(reason) => return self.deny(session, reason, out),
         }
         if self.jobs.get(&job_id).map(|l| l.job.state) == Some(JobState::Assigned) {
             let _ = self.apply(&job_id, JobEvent::Started { attempt }, now, out);
@@ -218,8 +215,12 @@ impl Engine {
         out: &mut Output,
     ) {
         self.touch(session, now);
-        if self.owns(session, &job_id, attempt) {
-            let _ = self.apply(&job_id, JobEvent::Rejected { attempt, reason }, now, out);
+        match self.verdict(session, &job_id, attempt) {
+            Verdict::Apply => {
+                let _ = self.apply(&job_id, JobEvent::Rejected { attempt, reason }, now, out);
+            }
+            Verdict::Stale => {}
+            Verdict::Denied(why) => self.deny(session, why, out),
         }
     }
 
@@ -242,9 +243,11 @@ impl Engine {
             }
         };
         if let Some(session) = session {
-            if !self.owns(session, &job_id, attempt) {
+            match self.verdict(session, &job_id, attempt) {
+                Verdict::Apply => {}
                 // A stale attempt's bytes are dropped; its process is told to stop.
-                return self.fence(session, job_id, attempt, out);
+                Verdict::Stale => return self.fence(session, job_id, attempt, out),
+                Verdict::Denied(reason) => return self.deny(session, reason, out),
             }
             self.pending_acks
                 .entry((session, job_id.clone()))
@@ -309,7 +312,11 @@ impl Engine {
         out: &mut Output,
     ) {
         self.touch(session, now);
-        if self.owns(session, &job_id, attempt) {
+        let verdict = self.verdict(session, &job_id, attempt);
+        if let Verdict::Denied(reason) = verdict {
+            return self.deny(session, reason, out);
+        }
+        if verdict == Verdict::Apply {
             let stored = self.jobs.get(&job_id).map(|l| l.stored).unwrap_or_default();
             if let Some(totals) = totals {
                 if stored.iter().zip(&totals).any(|(s, t)| s.bytes < t.bytes) {

@@ -11,6 +11,7 @@
 //!
 //! Nothing here does I/O or reads a clock: time comes in with each call.
 
+mod authz;
 mod io;
 mod jobs;
 mod workers;
@@ -22,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::job::{Job, JobState, Millis};
 use crate::log::StreamTotal;
 use crate::scheduler::{QueueKey, QueuedJob};
+use crate::spec::Limits;
 
 /// A job that is not finished, and what of its current attempt's log is
 /// stored (size and checksum per stream).
@@ -29,6 +31,9 @@ use crate::scheduler::{QueueKey, QueuedJob};
 struct LiveJob {
     job: Job,
     stored: [StreamTotal; 2],
+    /// The worker of each attempt given since the job was loaded, to tell
+    /// a worker's own stale attempt from another worker's.
+    holders: BTreeMap<u32, String>,
 }
 
 /// A worker known to the engine.
@@ -47,6 +52,8 @@ struct Worker {
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
+    /// What a submitted spec may hold.
+    limits: Limits,
     jobs: HashMap<String, LiveJob>,
     queue: BTreeMap<QueueKey, QueuedJob>,
     workers: BTreeMap<String, Worker>,
@@ -66,6 +73,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             config,
+            limits: Limits::default(),
             jobs: HashMap::new(),
             queue: BTreeMap::new(),
             workers: BTreeMap::new(),
@@ -102,6 +110,10 @@ impl Engine {
                 .get(&(job.id.clone(), job.attempt))
                 .copied()
                 .unwrap_or_default();
+            let mut holders = BTreeMap::new();
+            if let Some(w) = job.worker.clone().filter(|_| job.attempt > 0) {
+                holders.insert(job.attempt, w);
+            }
             match job.state {
                 JobState::Queued => engine.enqueue(&job),
                 _ => {
@@ -111,9 +123,23 @@ impl Engine {
                     worker.last_seen = now;
                 }
             }
-            engine.jobs.insert(job.id.clone(), LiveJob { job, stored });
+            engine.jobs.insert(
+                job.id.clone(),
+                LiveJob {
+                    job,
+                    stored,
+                    holders,
+                },
+            );
         }
         engine
+    }
+
+    /// The same engine, checking submissions against `limits` (the default
+    /// is [`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> Engine {
+        self.limits = limits;
+        self
     }
 
     pub fn config(&self) -> EngineConfig {
@@ -191,17 +217,27 @@ impl Engine {
                 offset,
                 data,
                 timestamp_ms,
-            } => self.log(
-                session,
-                req,
-                job_id,
-                attempt,
-                stream,
-                offset,
-                data,
-                timestamp_ms,
-                out,
-            ),
+                only_workers,
+            } => {
+                if let Some(req) = req
+                    && let Err(e) = self.seed_may_log(&job_id, only_workers.as_deref())
+                {
+                    out.replies.push((req, Reply::Error(e)));
+                    return;
+                }
+                self.log(
+                    session,
+                    req,
+                    job_id,
+                    attempt,
+                    stream,
+                    offset,
+                    data,
+                    timestamp_ms,
+                    out,
+                )
+            }
+            Input::Running { session, running } => self.running(session, running, now, out),
             Input::Result {
                 session,
                 job_id,

@@ -62,6 +62,7 @@ fn log(session: SessionId, job: &str, attempt: u32, offset: u64, data: &'static 
         offset: Some(offset),
         data: Bytes::from_static(data),
         timestamp_ms: 0,
+        only_workers: None,
     }
 }
 
@@ -575,6 +576,7 @@ fn seed_logs_append_at_the_end_and_unknown_jobs_are_not_found() {
         offset: None,
         data: Bytes::from_static(data),
         timestamp_ms: 0,
+        only_workers: None,
     };
     let out = batch(
         &mut e,

@@ -289,6 +289,7 @@ impl Engine {
             if self.apply(&p.job, event, now, out).is_err() {
                 continue;
             }
+            self.remember_holder(&p.job, attempt, &p.worker);
             let Some(w) = self.workers.get_mut(&p.worker) else {
                 continue;
             };

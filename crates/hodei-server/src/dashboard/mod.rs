@@ -24,5 +24,8 @@ pub fn routes() -> Vec<Route> {
         Route::get("/ui/workers", pages::workers),
         Route::get("/ui/static/app.css", pages::stylesheet),
         Route::get("/ui/static/app.js", pages::script),
+        Route::get("/ui/login", crate::auth::session::login_form),
+        Route::post("/ui/login", crate::auth::session::login),
+        Route::post("/ui/logout", crate::auth::session::logout),
     ]
 }

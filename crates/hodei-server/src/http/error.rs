@@ -73,6 +73,9 @@ impl From<EngineError> for ApiError {
             EngineError::FailedPrecondition(m) => {
                 ApiError::new(StatusCode::CONFLICT, "failed_precondition", m)
             }
+            EngineError::PermissionDenied(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", m)
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use hodei_core::api::{JobList, SubmitRequest, SubmitResponse};
 use hodei_core::engine::{Input, Reply, WorkerInfo};
@@ -17,6 +17,8 @@ use super::schema::{
     WorkerInfoSchema,
 };
 use super::{ApiError, AppState};
+use crate::auth::api::{check_cancel, record_owner};
+use crate::auth::{Auth, Principal};
 use crate::store::JobFilter;
 
 /// Default and largest page of `GET /api/v1/jobs`.
@@ -48,10 +50,17 @@ pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String
 )]
 pub async fn submit(
     State(app): State<AppState>,
+    auth: Option<Extension<Auth>>,
+    who: Option<Extension<Principal>>,
+    secrets: Option<Extension<crate::secrets::Secrets>>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let Json(request) = body?;
     let (id, spec) = request.into_parts();
+    if !spec.secrets.is_empty() {
+        let secrets = super::secrets::secrets_of(secrets)?;
+        secrets.check_known(&spec.secrets).await?;
+    }
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let reply = app
         .hub
@@ -64,6 +73,7 @@ pub async fn submit(
         .await?;
     match reply {
         Reply::Submitted { job, created } => {
+            record_owner(auth.as_ref(), who.as_ref(), &job.id, created).await?;
             let status = if created {
                 StatusCode::CREATED
             } else {
@@ -226,15 +236,19 @@ pub async fn list(
     responses(
         (status = 200, description = "The job after the request", body = JobSchema),
         (status = 400, description = "Invalid job id", body = ErrorBodySchema),
+        (status = 403, description = "A `submit` token cancelling another token's job", body = ErrorBodySchema),
         (status = 404, description = "No such job", body = ErrorBodySchema),
         (status = 503, description = "The orchestrator is stopping", body = ErrorBodySchema),
     )
 )]
 pub async fn cancel(
     State(app): State<AppState>,
+    auth: Option<Extension<Auth>>,
+    who: Option<Extension<Principal>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Job>, ApiError> {
     let id = job_id(path)?;
+    check_cancel(auth.as_ref(), who.as_ref(), app.store.as_ref(), &id).await?;
     let reply = app
         .hub
         .request(|req| Input::Cancel {

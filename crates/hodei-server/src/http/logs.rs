@@ -48,7 +48,7 @@ pub struct LogParams {
     pub(super) from: Option<String>,
 }
 
-pub(super) fn parse_stream(s: Option<&str>) -> Result<Option<LogStream>, ApiError> {
+pub fn parse_stream(s: Option<&str>) -> Result<Option<LogStream>, ApiError> {
     match s {
         None | Some("both") | Some("") => Ok(None),
         Some(s) => LogStream::parse(s).map(Some).ok_or_else(|| {
@@ -57,8 +57,23 @@ pub(super) fn parse_stream(s: Option<&str>) -> Result<Option<LogStream>, ApiErro
     }
 }
 
+/// Where a follow starts: the stream asked for, and the offsets from
+/// `Last-Event-ID` (which takes precedence) or `from`; `[0, 0]` without
+/// either.
+pub fn follow_start(
+    params: &LogParams,
+    last_event_id: Option<&str>,
+) -> Result<(Option<LogStream>, [u64; 2]), ApiError> {
+    let stream = parse_stream(params.stream.as_deref())?;
+    let from = match last_event_id.or(params.from.as_deref()) {
+        Some(s) => parse_offsets(s, stream)?,
+        None => [0, 0],
+    };
+    Ok((stream, from))
+}
+
 /// Parses `STDOUT:STDERR` (or a single offset for a one-stream follow).
-fn parse_offsets(s: &str, stream: Option<LogStream>) -> Result<[u64; 2], ApiError> {
+pub fn parse_offsets(s: &str, stream: Option<LogStream>) -> Result<[u64; 2], ApiError> {
     let bad = || {
         ApiError::invalid(
             "from",
@@ -77,7 +92,8 @@ fn parse_offsets(s: &str, stream: Option<LogStream>) -> Result<[u64; 2], ApiErro
     Ok(from)
 }
 
-fn event_id(from: [u64; 2]) -> String {
+/// The SSE event id of a position: what [`parse_offsets`] reads back.
+pub fn event_id(from: [u64; 2]) -> String {
     format!("{}:{}", from[0], from[1])
 }
 
@@ -111,16 +127,8 @@ pub async fn follow(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = job_id(path)?;
     let Query(p) = params?;
-    let stream = parse_stream(p.stream.as_deref())?;
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(p.from);
-    let from = match resume {
-        Some(s) => parse_offsets(&s, stream)?,
-        None => [0, 0],
-    };
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let (stream, from) = follow_start(&p, last_event_id)?;
     // Subscribe before the first read so no notice can slip between them.
     let notices = app.hub.subscribe();
     let job = app

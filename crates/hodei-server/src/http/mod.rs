@@ -6,14 +6,16 @@
 //! that table, and the OpenAPI document ([`openapi`]) is checked against it
 //! by a test, so a route cannot be added without being described.
 
+mod batch;
 mod download;
 mod error;
 mod events;
-pub(crate) mod jobs;
-mod logs;
+pub mod jobs;
+pub mod logs;
 pub mod openapi;
 mod ops;
 mod schema;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -35,10 +37,10 @@ pub(crate) use ops::collect_stats;
 pub struct AppState {
     pub hub: Hub,
     pub store: Arc<dyn Store>,
+    /// The input limits (request body size, and what handlers check before
+    /// the engine does).
+    pub limits: hodei_core::spec::Limits,
 }
-
-/// Largest request body accepted (a job spec with a big environment).
-const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// One HTTP route: method, path (axum syntax, which is also OpenAPI's for
 /// `{param}`) and handler.
@@ -82,6 +84,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/metrics", ops::metrics),
         Route::get("/api/v1/openapi.json", ops::openapi_json),
         Route::post("/api/v1/jobs", jobs::submit),
+        Route::post("/api/v1/jobs/batch", batch::submit_batch),
         Route::get("/api/v1/jobs", jobs::list),
         Route::get("/api/v1/jobs/{id}", jobs::get),
         Route::post("/api/v1/jobs/{id}/cancel", jobs::cancel),
@@ -90,7 +93,11 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/v1/workers", jobs::workers),
         Route::get("/api/v1/stats", ops::stats),
         Route::get("/api/v1/events", events::events),
+        Route::post("/api/v1/tokens", crate::auth::api::create),
+        Route::get("/api/v1/tokens", crate::auth::api::list),
+        Route::post("/api/v1/tokens/{id}/revoke", crate::auth::api::revoke),
     ];
+    routes.extend(secrets::routes());
     routes.extend(dashboard::routes());
     routes
 }
@@ -116,6 +123,10 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not answer that method",
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(state.limits.max_http_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.max_http_body_bytes,
+            crate::limits::http_body_limit,
+        ))
         .with_state(state)
 }

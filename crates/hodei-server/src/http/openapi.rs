@@ -6,7 +6,7 @@
 use utoipa::OpenApi;
 
 use super::schema::{EndEventSchema, LogEventSchema};
-use super::{download, events, jobs, logs, ops};
+use super::{batch, download, events, jobs, logs, ops, secrets};
 use crate::dashboard::pages;
 
 #[derive(OpenApi)]
@@ -23,6 +23,7 @@ use crate::dashboard::pages;
         ops::openapi_json,
         ops::stats,
         jobs::submit,
+        batch::submit_batch,
         jobs::list,
         jobs::get,
         jobs::cancel,
@@ -37,6 +38,15 @@ use crate::dashboard::pages;
         pages::workers,
         pages::stylesheet,
         pages::script,
+        crate::auth::session::login_form,
+        crate::auth::session::login,
+        crate::auth::session::logout,
+        crate::auth::api::create,
+        crate::auth::api::list,
+        crate::auth::api::revoke,
+        secrets::set,
+        secrets::list,
+        secrets::remove,
     ),
     components(schemas(LogEventSchema, EndEventSchema)),
     tags(
@@ -46,6 +56,8 @@ use crate::dashboard::pages;
         (name = "events", description = "Live job and worker changes"),
         (name = "operations", description = "Health, readiness, metrics, statistics, this document"),
         (name = "dashboard", description = "The web dashboard (HTML)"),
+        (name = "tokens", description = "API and agent join tokens (admin)"),
+        (name = "secrets", description = "Secrets jobs get as environment variables (admin; values never returned)"),
     )
 )]
 pub struct ApiDoc;

@@ -90,6 +90,9 @@ pub struct JobSpecSchema {
     /// null: the agent's default (`if-not-present` unless set otherwise);
     /// image jobs only.
     pull_policy: Option<PullPolicySchema>,
+    /// Names of stored secrets the job gets as environment variables.
+    /// Never their values.
+    secrets: Vec<String>,
 }
 
 /// The durable record of a job. Times are Unix milliseconds.
@@ -154,6 +157,10 @@ pub struct SubmitRequestSchema {
     /// Absent: the agent's default. Image jobs only.
     #[serde(default)]
     pull_policy: Option<PullPolicySchema>,
+    /// Names of stored secrets (`PUT /api/v1/secrets/{name}`) the job gets
+    /// as environment variables of the same names. Unknown names: 400.
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 /// The reply to a submission.

@@ -178,6 +178,7 @@ fn full_job() -> Job {
         cpu_millicores: Some(500),
         memory_bytes: Some(64 << 20),
         pull_policy: Some(hodei_core::spec::PullPolicy::Never),
+        secrets: vec!["DB_PASSWORD".into()],
     };
     let mut job = Job::new("j-1".into(), spec, 7, 1_000);
     job.state = JobState::TimedOut;
@@ -222,6 +223,7 @@ fn serialized_api_values_match_their_schemas() {
         cpu_millicores: spec.cpu_millicores,
         memory_bytes: spec.memory_bytes,
         pull_policy: spec.pull_policy,
+        secrets: spec.secrets,
     };
     c.check("SubmitRequest", &request, true);
     c.check(

@@ -3,6 +3,8 @@
 //! [`Store::commit`], one transaction per engine batch; everything else reads.
 
 mod listing;
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -11,6 +13,7 @@ use bytes::Bytes;
 use hodei_core::engine::{WorkerRecord, Writes};
 use hodei_core::{Job, JobState, LogStream, Millis};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure. The orchestrator treats a failed commit as fatal for the
@@ -23,6 +26,15 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt record for job {job_id}: {message}")]
     Corrupt { job_id: String, message: String },
+    #[error("unsupported database URL {0}: use postgres://user:password@host:port/database, or no --database for the embedded SQLite store")]
+    UnsupportedDatabase(String),
+    #[error(
+        "another hodei server ({holder}) is using this database; several replicas on one \
+         database are not supported yet"
+    )]
+    LeaseHeld { holder: String },
+    #[error("this server lost the database lease to another server; refusing to write")]
+    LeaseLost,
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -118,4 +130,89 @@ pub trait Store: Send + Sync + 'static {
     async fn read_logs(&self, query: &LogQuery) -> Result<Vec<LogChunk>, StoreError>;
 
     async fn recover(&self) -> Result<Recovery, StoreError>;
+}
+
+/// Opens the store a server is configured with: PostgreSQL when `database`
+/// is a `postgres://` (or `postgresql://`) URL, else the embedded SQLite
+/// database in `data_dir`.
+pub async fn open(
+    database: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match database {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let holder = server_id(data_dir).await?;
+            Ok(std::sync::Arc::new(PgStore::connect(url, &holder).await?))
+        }
+        Some(other) => Err(StoreError::UnsupportedDatabase(redact_url(other))),
+        None => Ok(std::sync::Arc::new(SqliteStore::open(data_dir).await?)),
+    }
+}
+
+/// This server's lasting id: `server-id` in the data directory, created at
+/// first start.
+async fn server_id(data_dir: &std::path::Path) -> Result<String, StoreError> {
+    let dir_error = |source| StoreError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    tokio::fs::create_dir_all(data_dir).await.map_err(dir_error)?;
+    let path = data_dir.join("server-id");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => Err(dir_error(std::io::Error::other("server-id is empty"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::now_v7().to_string();
+            tokio::fs::write(&path, format!("{id}\n"))
+                .await
+                .map_err(dir_error)?;
+            Ok(id)
+        }
+        Err(e) => Err(dir_error(e)),
+    }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Chunks read per stream, each with its arrival number, merged into
+/// arrival order and cut after about `max_bytes` (at least one chunk).
+pub(crate) fn merge_by_arrival(mut chunks: Vec<(i64, LogChunk)>, max_bytes: usize) -> Vec<LogChunk> {
+    chunks.sort_by_key(|(id, _)| *id);
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (_, chunk) in chunks {
+        total = total.saturating_add(chunk.data.len());
+        out.push(chunk);
+        if total >= max_bytes {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://hodei:s3cret@db:5432/hodei"),
+            "postgres://hodei:***@db:5432/hodei"
+        );
+        assert_eq!(redact_url("postgres://db/hodei"), "postgres://db/hodei");
+        assert_eq!(redact_url("mysql://u:p@h/d"), "mysql://u:***@h/d");
+    }
 }

@@ -270,17 +270,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        chunks.sort_by_key(|(id, _)| *id);
-        let mut total = 0usize;
-        let mut out = Vec::new();
-        for (_, chunk) in chunks {
-            total = total.saturating_add(chunk.data.len());
-            out.push(chunk);
-            if total >= q.max_bytes {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(super::merge_by_arrival(chunks, q.max_bytes))
     }
 
     async fn recover(&self) -> Result<Recovery, StoreError> {

@@ -52,6 +52,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e.into()),
     };
     let url = format!("http://{}", server.addr);
+    // The local tokens from the data directory (made at the first start).
+    let admin_token = server.admin_token();
+    let join_token = server.join_token();
+    let first_start_token = server.first_start_admin_token().map(str::to_string);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop = stop_rx.clone();
     let serving = tokio::spawn(server.run(async move {
@@ -60,6 +64,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
 
     let mut agent = AgentConfig::new(url.clone(), "demo-agent");
     agent.slots = 4;
+    agent.token = join_token.map(hodei_core::auth::Secret::new);
     agent.work_dir = std::env::temp_dir().join(format!("hodei-demo-work-{}", std::process::id()));
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(hodei_agent::run(
@@ -72,7 +77,18 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         "Hodei demo: orchestrator on {url} (data in {}), one local agent with 4 slots.\nDashboard: {url}/ui (the jobs below appear there live)\n",
         args.data_dir.display()
     );
-    let client = Client::new(&url)?;
+    let token_file = args.data_dir.join(hodei_server::auth::ADMIN_TOKEN_FILE);
+    match first_start_token {
+        Some(token) => println!(
+            "Admin token (shown once; saved to {}): {token}\nThe CLI in this directory finds it there; the dashboard asks for it.\n",
+            token_file.display()
+        ),
+        None => println!(
+            "Sign in to the dashboard with the admin token in {}.\n",
+            token_file.display()
+        ),
+    }
+    let client = Client::new(&url)?.with_token(admin_token);
     let jobs = [
         sample(
             "count",

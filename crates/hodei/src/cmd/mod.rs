@@ -1,11 +1,17 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own file.
 
+mod auth_args;
 mod bench;
+mod certs;
 mod demo;
+mod limits_args;
 mod query;
 mod run;
+mod secret;
 mod serve;
 mod table;
+mod tls_args;
+mod token;
 
 use std::time::Duration;
 
@@ -49,8 +55,15 @@ pub enum Command {
     Workers(query::WorkersArgs),
     /// Start an orchestrator and an agent in this process and run sample jobs.
     Demo(demo::DemoArgs),
-    /// Measure throughput, latency or log bandwidth on this machine.
+    /// Measure throughput, latency, log bandwidth, agent fan-out and a queue
+    /// backlog on this machine (`hodei bench all --smoke` for a quick check).
     Bench(bench::BenchArgs),
+    /// Make a development CA, server and agent certificates for TLS and mTLS.
+    Certs(certs::CertsArgs),
+    /// Create, list and revoke API and agent join tokens (admin).
+    Token(token::TokenArgs),
+    /// Set, list and delete secrets jobs get as environment variables (admin).
+    Secret(secret::SecretArgs),
 }
 
 /// Where a client command finds the server.
@@ -59,11 +72,18 @@ pub struct ServerUrl {
     /// Server URL.
     #[arg(long = "server", env = "HODEI_SERVER", default_value = DEFAULT_SERVER)]
     pub url: String,
+    #[command(flatten)]
+    pub tls: tls_args::ClientTlsArgs,
+    #[command(flatten)]
+    pub auth: auth_args::ClientAuthArgs,
 }
 
 impl ServerUrl {
     pub fn client(&self) -> anyhow::Result<hodei_client::Client> {
-        Ok(hodei_client::Client::new(&self.url)?)
+        Ok(
+            hodei_client::Client::with_tls(&self.url, &self.tls.client()?)?
+                .with_token(self.auth.token()?),
+        )
     }
 }
 
@@ -76,6 +96,12 @@ pub fn init_tracing(cli: &Cli) {
     );
     let default = if service { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("HODEI_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // The Docker client logs request and response bodies at debug, a
+    // container's environment (its secrets) included: never below info.
+    let filter = match "bollard=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -98,6 +124,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Workers(args) => query::workers(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,
+        Command::Token(args) => token::token(args).await,
+        Command::Secret(args) => secret::secret(args).await,
+        Command::Certs(args) => tokio::task::spawn_blocking(move || certs::certs(args)).await?,
     }
 }
 

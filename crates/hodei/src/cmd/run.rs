@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Environment variable for the job, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// A stored secret the job gets as the environment variable of the same
+    /// name, masked in its log (repeatable; see `hodei secret set`).
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
     /// Working directory on the worker (default: a fresh per-job directory);
     /// for an image job, a directory inside the container (default: the
     /// per-job directory, mounted at /workspace).
@@ -93,6 +97,7 @@ impl RunArgs {
             cpu_millicores: self.cpu,
             memory_bytes: self.memory,
             pull_policy: self.pull,
+            secrets: self.secrets.clone(),
         }
     }
 }

@@ -22,12 +22,24 @@ pub struct ServerArgs {
     /// Where the embedded store keeps its database.
     #[arg(long, env = "HODEI_DATA_DIR", default_value = "hodei-data")]
     pub data_dir: PathBuf,
+    /// Keep state in PostgreSQL (postgres://user:password@host:port/db)
+    /// instead of the embedded SQLite database in the data directory.
+    #[arg(long, env = "HODEI_DATABASE")]
+    pub database: Option<String>,
     /// How often agents send heartbeats.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// How long a worker may be silent before its jobs are declared lost.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease_grace: Duration,
+    #[command(flatten)]
+    pub tls: super::tls_args::ServerTlsArgs,
+    #[command(flatten)]
+    pub limits: super::limits_args::LimitsArgs,
+    #[command(flatten)]
+    pub auth: super::auth_args::ServerAuthArgs,
+    #[command(flatten)]
+    pub secrets: super::secret::SecretsArgs,
 }
 
 impl ServerArgs {
@@ -35,18 +47,52 @@ impl ServerArgs {
         ServerConfig {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
+            database: self.database.clone(),
             heartbeat_interval: self.heartbeat_interval,
             lease_grace: self.lease_grace,
+            tls: self.tls.settings(),
+            limits: self.limits.limits(),
+            auth: self.auth.config(),
+            secrets: self.secrets.config(),
+            max_log_bytes: self.secrets.max_log_bytes,
         }
     }
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<u8> {
+    raise_nofile();
     let server = Server::start(&args.config()).await?;
     // Tests and scripts that pass port 0 read the real address from here.
-    println!("hodei server listening on http://{}", server.addr);
+    println!(
+        "hodei server listening on {}://{}",
+        server.scheme(),
+        server.addr
+    );
+    if let Some(token) = server.first_start_admin_token() {
+        // Shown once, at the first start; also in the data directory.
+        println!(
+            "admin token (shown once; saved to {}): {token}",
+            args.data_dir
+                .join(hodei_server::auth::ADMIN_TOKEN_FILE)
+                .display()
+        );
+    }
     server.run(shutdown_signal()).await?;
     Ok(0)
+}
+
+/// Every agent holds a connection (a file descriptor): raise the soft
+/// open-file limit to the hard one, as far as the system allows.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(limit = soft, error = %e, "cannot raise the open-file limit"),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +146,10 @@ pub struct AgentArgs {
     /// Longest an image pull may take before the job fails.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub pull_timeout: Duration,
+    #[command(flatten)]
+    pub tls: super::tls_args::ClientTlsArgs,
+    #[command(flatten)]
+    pub auth: super::auth_args::AgentAuthArgs,
 }
 
 pub fn hostname() -> String {
@@ -126,6 +176,11 @@ impl AgentArgs {
         config.keep_work_dirs = self.keep_work_dirs;
         config.spool_dir = self.spool_dir.clone();
         config.spool_max_bytes = self.spool_max;
+        config.tls = self.tls.agent();
+        config.token = self.auth.token().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no join token");
+            None
+        });
         config.docker = (!self.no_docker).then(|| DockerConfig {
             host: self.docker_socket.clone(),
             keep_containers: self.keep_containers,

@@ -17,9 +17,132 @@ pub fn test_log_level() -> String {
     std::env::var("HODEI_TEST_LOG").unwrap_or_else(|_| "warn".to_string())
 }
 
-/// The `hodei` binary under test.
+/// Two tokens for this test process: every server the harness starts is
+/// provisioned with them at its first start (admin, agent join token), and
+/// every `hodei` process gets them (`HODEI_TOKEN`, `HODEI_JOIN_TOKEN`).
+fn test_tokens() -> &'static (String, String) {
+    static TOKENS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    TOKENS.get_or_init(|| (random_token(), random_token()))
+}
+
+/// A random `hodei_<id>_<secret>` token.
+pub fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut chars = String::new();
+    let mut n = 0u64;
+    while chars.len() < 52 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        let mut v = h.finish();
+        for _ in 0..8 {
+            chars.push(ALPHABET[(v % 36) as usize] as char);
+            v /= 36;
+        }
+        n += 1;
+    }
+    format!("hodei_{}_{}", &chars[..12], &chars[12..52])
+}
+
+/// The admin token of every harness server.
+pub fn admin_token() -> &'static str {
+    &test_tokens().0
+}
+
+/// The agent join token of every harness server.
+pub fn join_token() -> &'static str {
+    &test_tokens().1
+}
+
+/// The `hodei` binary under test, with the test tokens in its environment.
 pub fn hodei() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hodei"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hodei"));
+    cmd.env("HODEI_TOKEN", admin_token())
+        .env("HODEI_JOIN_TOKEN", join_token())
+        .env("HODEI_BOOTSTRAP_ADMIN_TOKEN", admin_token())
+        .env("HODEI_BOOTSTRAP_JOIN_TOKEN", join_token());
+    cmd
+}
+
+/// An HTTP client that sends the admin token.
+pub fn http() -> reqwest::Client {
+    http_with(admin_token())
+}
+
+/// An HTTP client that sends `token`.
+pub fn http_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+/// Adds `authorization: Bearer <token>` to every gRPC call.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0)
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("token is not a header value"))?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}
+
+/// A gRPC channel that authenticates with `token`.
+pub type Authed =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// An HWP client (full proto) with the admin token.
+pub async fn hwp_client(
+    url: &str,
+) -> hwp_proto::pb::worker_service_client::WorkerServiceClient<Authed> {
+    hwp_client_with(url, admin_token()).await
+}
+
+/// An HWP client (full proto) with `token`.
+pub async fn hwp_client_with(
+    url: &str,
+    token: &str,
+) -> hwp_proto::pb::worker_service_client::WorkerServiceClient<Authed> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect the HWP client");
+    hwp_proto::pb::worker_service_client::WorkerServiceClient::with_interceptor(
+        channel,
+        Bearer(token.to_string()),
+    )
+}
+
+/// A client generated from the seed proto alone, with `token`.
+pub async fn seed_client_with(
+    url: &str,
+    token: &str,
+) -> hwp_seed::pb::worker_service_client::WorkerServiceClient<Authed> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect the seed client");
+    hwp_seed::pb::worker_service_client::WorkerServiceClient::with_interceptor(
+        channel,
+        Bearer(token.to_string()),
+    )
 }
 
 /// A running `hodei server`.
@@ -27,6 +150,9 @@ pub struct ServerProc {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// What the server printed on stdout after its address line (and on
+    /// stderr, when started with [`ServerProc::start_captured`]).
+    pub output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ServerProc {
@@ -37,20 +163,34 @@ impl ServerProc {
 
     /// Starts a server on `listen` (to restart on the same port).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProc {
-        let mut child = hodei()
-            .args(["server", "--listen", listen, "--data-dir"])
+        let mut cmd = hodei();
+        cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("HODEI_LOG", test_log_level())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hodei server");
+            .stderr(Stdio::inherit());
+        Self::spawn(cmd, data_dir, false)
+    }
+
+    /// Starts a server from `cmd` (a `hodei server …` command), its stdout
+    /// (and stderr if `capture_stderr`) collected in [`ServerProc::output`].
+    pub fn spawn(mut cmd: Command, data_dir: &Path, capture_stderr: bool) -> ServerProc {
+        cmd.stdout(Stdio::piped());
+        if capture_stderr {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("spawn hodei server");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            collect(stderr, output.clone(), true);
+        }
         let stdout = child.stdout.take().expect("server stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read server address");
+        reader.read_line(&mut line).expect("read server address");
+        // Keep reading: the server may print more, and must not hit a
+        // closed pipe.
+        collect(reader, output.clone(), false);
         let url = line
             .trim()
             .rsplit(' ')
@@ -62,7 +202,13 @@ impl ServerProc {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            output,
         }
+    }
+
+    /// Everything collected from the server's output so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
     /// `host:port` the server listens on.
@@ -70,8 +216,16 @@ impl ServerProc {
         self.url.trim_start_matches("http://")
     }
 
+    /// An API client with the admin token.
     pub fn client(&self) -> Client {
-        Client::new(&self.url).expect("client")
+        self.client_with(Some(admin_token()))
+    }
+
+    /// An API client with `token` (or none).
+    pub fn client_with(&self, token: Option<&str>) -> Client {
+        Client::new(&self.url)
+            .expect("client")
+            .with_token(token.map(str::to_string))
     }
 
     pub fn pid(&self) -> i32 {
@@ -89,6 +243,27 @@ impl ServerProc {
         signal(self.child.id() as i32, libc_sigterm());
         let _ = self.child.wait();
     }
+}
+
+/// Appends the lines of `from` to `to` on a thread (echoing them to our
+/// stderr when `echo`, so a failing test still shows the server's log).
+fn collect(
+    from: impl std::io::Read + Send + 'static,
+    to: std::sync::Arc<std::sync::Mutex<String>>,
+    echo: bool,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if echo {
+                eprintln!("{line}");
+            }
+            if let Ok(mut out) = to.lock() {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    });
 }
 
 impl Drop for ServerProc {
@@ -230,7 +405,9 @@ pub async fn expect_error(
     code: &str,
     field: Option<&str>,
 ) {
-    let resp = reqwest::get(format!("{base}{path}"))
+    let resp = http()
+        .get(format!("{base}{path}"))
+        .send()
         .await
         .expect("request");
     let got = resp.status();

@@ -116,8 +116,17 @@
     };
   }
 
+  // The session's CSRF token (a SameSite=Strict cookie the server set at
+  // sign-in): state-changing requests must send it back as a header.
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|;\s*)hodei_csrf=([^;]*)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
   async function api(method, path) {
-    const resp = await fetch(path, { method, headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    if (method !== "GET") headers["X-CSRF-Token"] = csrfToken();
+    const resp = await fetch(path, { method, headers, credentials: "same-origin" });
     const text = await resp.text();
     let body = null;
     try {

@@ -1,15 +1,17 @@
-//! The SQLite store against a real database file, one temporary directory per test.
+//! The store contract, run on both backends: SQLite (a real database file,
+//! one temporary directory per test) and PostgreSQL (a database of its own
+//! per test on a private server).
+
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
 use hodei_core::engine::{LogWrite, WorkerRecord, Writes};
 use hodei_core::{Job, JobSpec, JobState, LogStream};
-use hodei_server::store::{JobFilter, LogQuery, SqliteStore, Store, StoreError};
-use sqlx::Connection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use hodei_server::store::{JobFilter, LogQuery, PgStore, SqliteStore, Store, StoreError};
+use support::{Backend, TestDb};
 use tempfile::TempDir;
 
 fn job(id: &str, seq: u64, state: JobState) -> Job {
@@ -57,19 +59,9 @@ fn query(
     }
 }
 
-async fn raw_sql(dir: &Path, sql: &str) {
-    let options = SqliteConnectOptions::new().filename(dir.join("hodei.db"));
-    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
-    conn.close().await.unwrap();
-}
-
-#[tokio::test]
-async fn commit_and_get_round_trip_every_field() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(&dir.path().join("nested/data"))
-        .await
-        .unwrap();
+async fn commit_and_get_round_trip_every_field(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let spec = JobSpec {
         name: "build".into(),
         command: vec!["cargo".into(), "build".into(), "--release".into()],
@@ -84,6 +76,7 @@ async fn commit_and_get_round_trip_every_field() {
         cpu_millicores: Some(1_500),
         memory_bytes: Some(256 << 20),
         pull_policy: Some(hodei_core::spec::PullPolicy::Never),
+        secrets: vec!["DB_PASSWORD".into()],
     };
     let full = Job {
         id: "job-1".into(),
@@ -110,10 +103,9 @@ async fn commit_and_get_round_trip_every_field() {
     store.commit(&Writes::default()).await.unwrap();
 }
 
-#[tokio::test]
-async fn upsert_replaces_the_record() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn upsert_replaces_the_record(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let queued = job("a", 1, JobState::Queued);
     store.commit(&jobs_writes([queued.clone()])).await.unwrap();
     let mut running = queued.clone();
@@ -133,10 +125,9 @@ async fn upsert_replaces_the_record() {
     assert!(store.list_jobs(&queued_list).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn list_by_state_pages_with_the_seq_cursor() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn list_by_state_pages_with_the_seq_cursor(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let state_of = |seq: u64| {
         if seq.is_multiple_of(3) {
             JobState::Running
@@ -195,10 +186,9 @@ async fn list_by_state_pages_with_the_seq_cursor() {
     assert_eq!(seqs, vec![9, 6, 3]);
 }
 
-#[tokio::test]
-async fn logs_read_in_arrival_order_and_trimmed_to_the_offset() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn logs_read_in_arrival_order_and_trimmed_to_the_offset(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let mut writes = jobs_writes([job("j", 1, JobState::Running)]);
     writes.logs = vec![
         log("j", 1, LogStream::Stdout, 0, b"hello"),
@@ -292,10 +282,9 @@ async fn logs_read_in_arrival_order_and_trimmed_to_the_offset() {
     );
 }
 
-#[tokio::test]
-async fn max_bytes_paging_reads_everything_exactly_once() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn max_bytes_paging_reads_everything_exactly_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let mut writes = jobs_writes([job("p", 1, JobState::Running)]);
     let mut expected: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
     let mut arrival = HashMap::new();
@@ -350,11 +339,10 @@ async fn max_bytes_paging_reads_everything_exactly_once() {
     }
 }
 
-#[tokio::test]
-async fn recover_after_reopen() {
-    let dir = TempDir::new().unwrap();
+async fn recover_after_reopen(backend: Backend) {
+    let db = TestDb::new(backend).await;
     {
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = db.open().await;
         let empty = store.recover().await.unwrap();
         assert!(
             empty.unfinished.is_empty() && empty.workers.is_empty() && empty.log_ends.is_empty()
@@ -397,9 +385,8 @@ async fn recover_after_reopen() {
             );
         }
         store.commit(&writes).await.unwrap();
-        store.close().await;
     }
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = db.open().await;
     let rec = store.recover().await.unwrap();
     let ids: Vec<&str> = rec.unfinished.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, vec!["a", "r", "q"], "unfinished, by seq");
@@ -428,10 +415,9 @@ async fn recover_after_reopen() {
     assert_eq!(rec.max_seq, 9);
 }
 
-#[tokio::test]
-async fn big_batch_commits() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn big_batch_commits(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     let mut writes =
         jobs_writes((1..=1_000).map(|seq| job(&format!("big-{seq}"), seq, JobState::Running)));
     let payload = vec![b'x'; 200];
@@ -464,10 +450,9 @@ async fn big_batch_commits() {
     assert_eq!(rec.max_seq, 1_000);
 }
 
-#[tokio::test]
-async fn corrupt_rows_are_reported_not_panicked_on() {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn corrupt_rows_are_reported_not_panicked_on(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
     store
         .commit(&jobs_writes([
             job("bad-state", 1, JobState::Queued),
@@ -475,16 +460,10 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
         ]))
         .await
         .unwrap();
-    raw_sql(
-        dir.path(),
-        "UPDATE jobs SET state = 'exploded' WHERE id = 'bad-state'",
-    )
-    .await;
-    raw_sql(
-        dir.path(),
-        "UPDATE jobs SET spec = '{\"command\": 7}' WHERE id = 'bad-spec'",
-    )
-    .await;
+    db.raw_sql("UPDATE jobs SET state = 'exploded' WHERE id = 'bad-state'")
+        .await;
+    db.raw_sql("UPDATE jobs SET spec = '{\"command\": 7}' WHERE id = 'bad-spec'")
+        .await;
 
     let is_corrupt = |r: Result<_, StoreError>, id: &str| match r {
         Err(StoreError::Corrupt { job_id, message }) => {
@@ -511,4 +490,64 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
         err.contains("bad-state") && err.contains("exploded"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn sqlite_creates_nested_data_directories() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("nested/data");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .commit(&jobs_writes([job("a", 1, JobState::Queued)]))
+        .await
+        .unwrap();
+    assert!(path.join("hodei.db").exists());
+    store.close().await;
+}
+
+on_both_backends!(
+    commit_and_get_round_trip_every_field,
+    upsert_replaces_the_record,
+    list_by_state_pages_with_the_seq_cursor,
+    logs_read_in_arrival_order_and_trimmed_to_the_offset,
+    max_bytes_paging_reads_everything_exactly_once,
+    recover_after_reopen,
+    big_batch_commits,
+    corrupt_rows_are_reported_not_panicked_on
+);
+
+/// One server writes a PostgreSQL database at a time: a second one is
+/// refused while the first holds the lease, and a server whose lease was
+/// taken can no longer commit (fencing).
+#[tokio::test]
+async fn postgres_lease_admits_one_writer() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = db.pg_url.clone().expect("postgres url");
+    let first = PgStore::connect(&url, "server-a").await.expect("first");
+    first
+        .commit(&jobs_writes([job("a", 1, JobState::Queued)]))
+        .await
+        .expect("first commits");
+    // The same server coming back takes its own lease at once.
+    let again = PgStore::connect(&url, "server-a").await.expect("same holder");
+    drop(again);
+
+    let started = Instant::now();
+    match PgStore::connect(&url, "server-b").await {
+        Err(StoreError::LeaseHeld { holder }) => assert_eq!(holder, "server-a"),
+        other => panic!("a second server got in: {:?}", other.map(|_| ())),
+    }
+    println!("second server refused after {:?}", started.elapsed());
+
+    // Another server takes the lease (as if the first had been partitioned
+    // away long enough): the first one's next commit is refused.
+    db.raw_sql("UPDATE server_lease SET holder = 'server-b'").await;
+    match first
+        .commit(&jobs_writes([job("b", 2, JobState::Queued)]))
+        .await
+    {
+        Err(StoreError::LeaseLost) => {}
+        other => panic!("a fenced server committed: {other:?}"),
+    }
+    assert_eq!(first.get_job("b").await.expect("read"), None);
 }

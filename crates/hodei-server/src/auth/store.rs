@@ -1,0 +1,164 @@
+//! Durable auth state: tokens, worker bindings and job owners, in the data
+//! directory's SQLite database (`hodei.db`, migration `0003_auth.sql`). It
+//! is kept there even when jobs live in PostgreSQL: credentials stay with
+//! the orchestrator that checks them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hodei_core::Millis;
+use hodei_core::auth::Role;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::store::StoreError;
+
+/// A stored token (the secret's hash, never the secret).
+#[derive(Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub secret_sha256: Vec<u8>,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
+impl std::fmt::Debug for TokenRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRow")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthStore {
+    pool: SqlitePool,
+}
+
+impl AuthStore {
+    pub async fn open(data_dir: &Path) -> Result<AuthStore, StoreError> {
+        tokio::fs::create_dir_all(data_dir)
+            .await
+            .map_err(|source| StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("hodei.db"))
+            .busy_timeout(Duration::from_secs(10))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(AuthStore { pool })
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, secret_sha256, created_at, expires_at, revoked_at \
+             FROM auth_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let role: String = row.try_get("role")?;
+            let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
+                job_id: format!("(token {id})"),
+                message: format!("unknown role {role:?}"),
+            })?;
+            out.push(TokenRow {
+                name: row.try_get("name")?,
+                role,
+                secret_sha256: row.try_get("secret_sha256")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO auth_tokens (id, name, role, secret_sha256, created_at, expires_at, \
+             revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(t.role.as_str())
+        .bind(&t.secret_sha256)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn revoke(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE auth_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn bindings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT worker_id, identity FROM worker_identities")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("worker_id")?, r.try_get("identity")?)))
+            .collect()
+    }
+
+    pub async fn bind(
+        &self,
+        worker_id: &str,
+        identity: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO worker_identities (worker_id, identity, bound_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(worker_id)
+        .bind(identity)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the first submitter of a job; later ones are ignored.
+    pub async fn record_owner(&self, job_id: &str, token_id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO job_owners (job_id, token_id) VALUES (?1, ?2)")
+            .bind(job_id)
+            .bind(token_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn owner(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT token_id FROM job_owners WHERE job_id = ?1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("token_id")).transpose()?)
+    }
+}

@@ -1,0 +1,137 @@
+//! `hodei bench`: measures Hodei on this machine with every guarantee on
+//! (durable store, fsync per commit, the agent's durable spool). Each
+//! scenario starts its own orchestrator and agents on loopback and, where
+//! there is one, measures a baseline in the same run so that figures from a
+//! noisy machine can still be compared.
+//!
+//! | file | scenario |
+//! |---|---|
+//! | `throughput.rs` | N no-op jobs through one agent vs spawning `true` directly |
+//! | `latency.rs` | one job at a time: submit → running / first line / result |
+//! | `logs.rs` | one job writing N bytes: MB/s stored and at a follower vs a file |
+//! | `fanout.rs` | 10,000 simulated agents on a server in another process |
+//! | `backlog.rs` | 1,000,000 queued jobs submitted in batches, then dispatched |
+//!
+//! `rig.rs` starts servers and agents, `report.rs` prints the results and
+//! checks them against the targets, `plot.rs` draws the SVGs.
+
+mod backlog;
+mod fanout;
+mod latency;
+mod logs;
+mod plot;
+mod report;
+mod rig;
+mod throughput;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+const SCENARIOS: [&str; 5] = ["throughput", "latency", "logs", "fanout", "backlog"];
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// throughput | latency | logs | fanout | backlog | all
+    #[arg(value_parser = ["throughput", "latency", "logs", "fanout", "backlog", "all"])]
+    pub scenario: String,
+    /// Jobs (throughput, latency, backlog) or simulated agents (fanout).
+    /// Default: 10,000 / 200 / 1,000,000 / 10,000.
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Bytes the logs job writes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub bytes: u64,
+    /// Agent slots (default: 2 × CPUs).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Seconds the fan-out scenario samples the idle server's CPU.
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
+    /// Seconds the backlog scenario lets agents dispatch the queue.
+    #[arg(long, default_value_t = 10)]
+    pub dispatch_secs: u64,
+    /// A quick run with small sizes that checks every scenario works and
+    /// its numbers are sane (every job done, rates above zero); no timing
+    /// targets are checked. For CI.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Write the latency distribution and throughput-over-time plots (SVG)
+    /// into this directory.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub n: Option<usize>,
+    pub bytes: u64,
+    pub slots: u32,
+    pub idle_secs: u64,
+    pub dispatch_secs: u64,
+    pub smoke: bool,
+}
+
+impl Plan {
+    fn n(&self, full: usize, smoke: usize) -> usize {
+        self.n.unwrap_or(if self.smoke { smoke } else { full })
+    }
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let plan = Plan {
+        n: args.n,
+        bytes: if args.smoke && args.bytes == 1 << 30 {
+            8 << 20
+        } else {
+            args.bytes
+        },
+        slots: args.slots.unwrap_or(2 * cpus),
+        idle_secs: if args.smoke { 2 } else { args.idle_secs },
+        dispatch_secs: if args.smoke { 2 } else { args.dispatch_secs },
+        smoke: args.smoke,
+    };
+    if let Some(raised) = rig::raise_nofile() {
+        eprintln!("bench: raised the open-file limit to {raised}");
+    }
+    let scenarios: Vec<&str> = if args.scenario == "all" {
+        SCENARIOS.to_vec()
+    } else {
+        vec![args.scenario.as_str()]
+    };
+    let mut reports = Vec::new();
+    for name in scenarios {
+        let report = match name {
+            "throughput" => throughput::run(&plan).await?,
+            "latency" => latency::run(&plan).await?,
+            "logs" => logs::run(&plan).await?,
+            "fanout" => fanout::run(&plan).await?,
+            _ => backlog::run(&plan).await?,
+        };
+        if !args.json {
+            report.print();
+        }
+        if let Some(dir) = &args.plot_dir {
+            plot::write(dir, &report)?;
+        }
+        reports.push(report);
+    }
+    if args.json {
+        let all: Vec<&serde_json::Value> = reports.iter().map(|r| &r.json).collect();
+        let out = match all.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            _ => serde_json::to_string_pretty(&all)?,
+        };
+        println!("{out}");
+    }
+    let insane: Vec<String> = reports.iter().flat_map(|r| r.insane.clone()).collect();
+    if !insane.is_empty() {
+        bail!("implausible results: {}", insane.join("; "));
+    }
+    Ok(0)
+}

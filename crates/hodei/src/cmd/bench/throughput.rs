@@ -1,0 +1,89 @@
+//! N no-op jobs (`true`) on one agent with 2 × CPUs slots, from the first
+//! submit to the last result committed; baseline: the same N `true`
+//! processes spawned directly with the same parallelism.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hodei_core::JobState;
+use hodei_core::engine::Notice;
+use tokio::sync::broadcast;
+
+use super::Plan;
+use super::report::Report;
+use super::rig::{Rig, job};
+
+/// Concurrent submitting clients.
+const SUBMITTERS: usize = 16;
+
+pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
+    let n = plan.n(10_000, 200);
+    let mut rig = Rig::start(plan.slots).await?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..SUBMITTERS {
+        let client = rig.client.clone();
+        let count = n / SUBMITTERS + usize::from(k < n % SUBMITTERS);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..count {
+                client.submit(&job(&["true"])).await?;
+            }
+            Ok::<_, hodei_client::ClientError>(())
+        }));
+    }
+    let mut finished_at = Vec::with_capacity(n);
+    let mut failed = 0;
+    while finished_at.len() < n {
+        match rig.notices.recv().await {
+            Ok(Notice::JobChanged { state, .. }) if state.is_terminal() => {
+                finished_at.push(start.elapsed().as_secs_f64());
+                failed += usize::from(state != JobState::Succeeded);
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(k)) => {
+                bail!("missed {k} notices; cannot count")
+            }
+            Err(broadcast::error::RecvError::Closed) => bail!("server stopped"),
+        }
+    }
+    let elapsed = start.elapsed();
+    for t in tasks {
+        t.await??;
+    }
+    rig.shutdown();
+    let baseline = spawn_baseline(n, plan.slots as usize).await?;
+    let rate = n as f64 / elapsed.as_secs_f64();
+    let base_rate = n as f64 / baseline.as_secs_f64();
+    let ratio = (rate / base_rate * 1000.0).round() / 1000.0;
+    let mut r = Report::new("throughput");
+    r.set("jobs", n);
+    r.set("slots", plan.slots);
+    r.set("failed", failed);
+    r.set("seconds", (elapsed.as_secs_f64() * 1000.0).round() / 1000.0);
+    r.set("jobs_per_second", rate.round());
+    r.set("baseline_spawns_per_second", base_rate.round());
+    r.set("ratio_to_baseline", ratio);
+    r.sane(failed == 0, format!("{failed} of {n} jobs failed"));
+    r.sane(rate > 0.0 && base_rate > 0.0, "a rate of zero");
+    r.target("jobs_per_second", rate.round(), true, 1000.0);
+    r.target("ratio_to_baseline", ratio, true, 0.6);
+    r.finished_at = finished_at;
+    Ok(r)
+}
+
+/// Spawns `n` `true` processes, `parallel` at a time.
+async fn spawn_baseline(n: usize, parallel: usize) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while started < n || !set.is_empty() {
+        while started < n && set.len() < parallel {
+            started += 1;
+            set.spawn(async { tokio::process::Command::new("true").status().await });
+        }
+        if let Some(r) = set.join_next().await {
+            r??;
+        }
+    }
+    Ok(start.elapsed())
+}
