@@ -277,10 +277,15 @@ impl JobSpec {
                 format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             );
         }
+        // 0 would reach the agent as "the default grace" (10 s): refused
+        // rather than silently changed (found by fuzz/submit_json).
         if let Some(g) = self.kill_grace_ms
-            && g > MAX_TIMEOUT_MS
+            && (g == 0 || g > MAX_TIMEOUT_MS)
         {
-            return bad("kill_grace_ms", format!("must be at most {MAX_TIMEOUT_MS}"));
+            return bad(
+                "kill_grace_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS} (leave it out for the default)"),
+            );
         }
         if self.labels.len() > MAX_LABELS {
             return bad("labels", format!("has more than {MAX_LABELS} labels"));

@@ -259,6 +259,22 @@ mod tests {
         assert_eq!(engine.queue_len(), 1);
     }
 
+    /// Regression (fuzz/submit_json): a kill grace of 0 went to the agent
+    /// as 0, which HWP reads as "the default", so the job got 10 s.
+    #[test]
+    fn a_zero_kill_grace_is_refused_not_turned_into_the_default() {
+        let spec = JobSpec {
+            kill_grace_ms: Some(0),
+            ..JobSpec::command(["true"])
+        };
+        assert_eq!(spec.validate().unwrap_err().field, "kill_grace_ms");
+        let one = JobSpec {
+            kill_grace_ms: Some(1),
+            ..JobSpec::command(["true"])
+        };
+        assert_eq!(one.validate(), Ok(()));
+    }
+
     #[test]
     fn raised_limits_allow_more_than_the_defaults() {
         let many = JobSpec::command(vec!["x"; MAX_ARGS + 1]);

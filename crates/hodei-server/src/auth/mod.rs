@@ -61,7 +61,7 @@ impl Default for AuthConfig {
         AuthConfig {
             submit_rate: 1000.0,
             submit_burst: 2000.0,
-            max_sessions_per_identity: 256,
+            max_sessions_per_identity: 16_384,
             public_metrics: false,
             bootstrap_admin: None,
             bootstrap_agent: None,

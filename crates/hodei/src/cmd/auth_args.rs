@@ -23,7 +23,7 @@ pub struct ServerAuthArgs {
     pub submit_burst: f64,
     /// Agent sessions open at once per worker identity (join token or
     /// certificate); 0: unlimited.
-    #[arg(long, env = "HODEI_MAX_AGENT_SESSIONS", default_value_t = 256)]
+    #[arg(long, env = "HODEI_MAX_AGENT_SESSIONS", default_value_t = 16_384)]
     pub max_sessions_per_identity: usize,
     /// Serve /metrics without a token (for a scraper on a trusted network).
     #[arg(long)]
