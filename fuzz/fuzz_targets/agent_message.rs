@@ -23,7 +23,7 @@ use prost::Message;
 /// Message size limit of this harness (the server's is configurable).
 const LIMIT: usize = 64 * 1024;
 const SESSION: u64 = 7;
-const NOW: u64 = 1_000_000;
+const NOW: i64 = 1_000_000;
 
 /// An engine with worker `w` attached (session 7) running job `j` attempt 1.
 fn engine() -> Engine {

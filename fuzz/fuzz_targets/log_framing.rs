@@ -24,7 +24,7 @@ use hodei_core::{JobSpec, LogStream, Outcome};
 use libfuzzer_sys::fuzz_target;
 
 const SESSION: u64 = 1;
-const NOW: u64 = 1_000_000;
+const NOW: i64 = 1_000_000;
 
 /// Byte `i` of the job's output on `stream`.
 fn output(stream: usize, i: u64) -> u8 {
