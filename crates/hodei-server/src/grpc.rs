@@ -289,8 +289,10 @@ impl WorkerService for HwpService {
 
         let (tx, rx) = mpsc::channel(256);
         // The inbound side ends the agent's stream with the status that
-        // broke the session (e.g. a message over the size limit).
-        let broken_tx = tx.clone();
+        // broke the session (e.g. a message over the size limit). It holds
+        // only a weak sender: when the engine drops the session, the stream
+        // must end even while the agent's side is silent (partitioned).
+        let broken_tx = tx.downgrade();
         let (hb, grace) = (self.heartbeat_ms, self.grace_ms);
         let session_name = session.to_string();
         let denied_worker = reg.worker_id.clone();
@@ -324,7 +326,9 @@ impl WorkerService for HwpService {
                 Ok(()) => tracing::info!(%worker, session, "agent session closed"),
                 Err(status) => {
                     tracing::warn!(%worker, session, error = %status.message(), "agent session broken");
-                    let _ = broken_tx.send(Err(status)).await;
+                    if let Some(tx) = broken_tx.upgrade() {
+                        let _ = tx.send(Err(status)).await;
+                    }
                 }
             }
             drop(broken_tx);
