@@ -221,11 +221,8 @@ impl Reactor {
             }
             match self.store.ping().await {
                 Ok(()) => {
-                    match crate::recovery::recover_engine(
-                        self.store.as_ref(),
-                        self.engine.config(),
-                    )
-                    .await
+                    match crate::recovery::recover_engine(self.store.as_ref(), self.engine.config())
+                        .await
                     {
                         Ok(engine) => {
                             self.engine = engine;
@@ -233,7 +230,9 @@ impl Reactor {
                             tracing::info!("the store is back; state rebuilt from it");
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "the store answers but recovery failed; retrying"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the store answers but recovery failed; retrying")
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "the store is still unavailable"),

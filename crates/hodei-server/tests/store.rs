@@ -529,7 +529,9 @@ async fn postgres_lease_admits_one_writer() {
         .await
         .expect("first commits");
     // The same server coming back takes its own lease at once.
-    let again = PgStore::connect(&url, "server-a").await.expect("same holder");
+    let again = PgStore::connect(&url, "server-a")
+        .await
+        .expect("same holder");
     drop(again);
 
     let started = Instant::now();
@@ -541,7 +543,8 @@ async fn postgres_lease_admits_one_writer() {
 
     // Another server takes the lease (as if the first had been partitioned
     // away long enough): the first one's next commit is refused.
-    db.raw_sql("UPDATE server_lease SET holder = 'server-b'").await;
+    db.raw_sql("UPDATE server_lease SET holder = 'server-b'")
+        .await;
     match first
         .commit(&jobs_writes([job("b", 2, JobState::Queued)]))
         .await

@@ -43,14 +43,17 @@ async fn seqs(store: &dyn Store, filter: JobFilter) -> Vec<u64> {
 
 async fn filters_combine_and_page(backend: Backend) {
     use JobState::*;
-    let (_dir, store) = store_with(backend, vec![
-        job(1, "build-web", &["linux"], Some("w1"), Succeeded),
-        job(2, "build-api", &["linux", "gpu"], Some("w2"), Failed),
-        job(3, "test", &[], Some("w1"), Running),
-        job(4, "build_x", &["gpu"], None, Queued),
-        job(5, "build[1]", &[], Some("w1"), Succeeded),
-        job(6, "Build-caps", &["linux"], Some("w2"), Succeeded),
-    ])
+    let (_dir, store) = store_with(
+        backend,
+        vec![
+            job(1, "build-web", &["linux"], Some("w1"), Succeeded),
+            job(2, "build-api", &["linux", "gpu"], Some("w2"), Failed),
+            job(3, "test", &[], Some("w1"), Running),
+            job(4, "build_x", &["gpu"], None, Queued),
+            job(5, "build[1]", &[], Some("w1"), Succeeded),
+            job(6, "Build-caps", &["linux"], Some("w2"), Succeeded),
+        ],
+    )
     .await;
     let f = JobFilter::default;
     let label = |l: &str| JobFilter {
@@ -75,8 +78,16 @@ async fn filters_combine_and_page(backend: Backend) {
     assert_eq!(seqs(store.as_ref(), worker("w1")).await, [5, 3, 1]);
     assert_eq!(seqs(store.as_ref(), prefix("build")).await, [5, 4, 2, 1]);
     assert_eq!(seqs(store.as_ref(), prefix("build-")).await, [2, 1]);
-    assert_eq!(seqs(store.as_ref(), prefix("build[")).await, [5], "[ is literal");
-    assert_eq!(seqs(store.as_ref(), prefix("Build")).await, [6], "case-sensitive");
+    assert_eq!(
+        seqs(store.as_ref(), prefix("build[")).await,
+        [5],
+        "[ is literal"
+    );
+    assert_eq!(
+        seqs(store.as_ref(), prefix("Build")).await,
+        [6],
+        "case-sensitive"
+    );
     assert_eq!(seqs(store.as_ref(), prefix("")).await.len(), 6);
     let all = JobFilter {
         state: Some(Succeeded),
@@ -103,14 +114,17 @@ async fn filters_combine_and_page(backend: Backend) {
 async fn counts_by_state_and_minute(backend: Backend) {
     use JobState::*;
     // finished_at = 1_000_000 + 30 s × seq.
-    let (_dir, store) = store_with(backend, vec![
-        job(1, "a", &[], None, Succeeded),
-        job(2, "a", &[], None, Failed),
-        job(3, "a", &[], None, Succeeded),
-        job(4, "a", &[], None, Cancelled),
-        job(5, "a", &[], None, Queued),
-        job(6, "a", &[], None, Running),
-    ])
+    let (_dir, store) = store_with(
+        backend,
+        vec![
+            job(1, "a", &[], None, Succeeded),
+            job(2, "a", &[], None, Failed),
+            job(3, "a", &[], None, Succeeded),
+            job(4, "a", &[], None, Cancelled),
+            job(5, "a", &[], None, Queued),
+            job(6, "a", &[], None, Running),
+        ],
+    )
     .await;
     let mut counts = store.count_by_state().await.unwrap();
     counts.sort_by_key(|(s, _)| s.as_str());

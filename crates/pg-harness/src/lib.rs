@@ -138,7 +138,11 @@ impl PgServer {
     pub fn stop(&self, fast: bool) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut child) = child.take() {
-            let signal = if fast { Signal::SIGINT } else { Signal::SIGQUIT };
+            let signal = if fast {
+                Signal::SIGINT
+            } else {
+                Signal::SIGQUIT
+            };
             let _ = kill(Pid::from_raw(child.id() as i32), signal);
             let _ = child.wait();
         }
@@ -160,7 +164,12 @@ impl PgServer {
             .arg(self.port.to_string())
             .arg("-k")
             .arg(self.dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=300",
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?);
         as_owner(&mut command, self.owner);

@@ -26,7 +26,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt record for job {job_id}: {message}")]
     Corrupt { job_id: String, message: String },
-    #[error("unsupported database URL {0}: use postgres://user:password@host:port/database, or no --database for the embedded SQLite store")]
+    #[error(
+        "unsupported database URL {0}: use postgres://user:password@host:port/database, or no --database for the embedded SQLite store"
+    )]
     UnsupportedDatabase(String),
     #[error(
         "another hodei server ({holder}) is using this database; several replicas on one \
@@ -156,7 +158,9 @@ async fn server_id(data_dir: &std::path::Path) -> Result<String, StoreError> {
         path: data_dir.display().to_string(),
         source,
     };
-    tokio::fs::create_dir_all(data_dir).await.map_err(dir_error)?;
+    tokio::fs::create_dir_all(data_dir)
+        .await
+        .map_err(dir_error)?;
     let path = data_dir.join("server-id");
     match tokio::fs::read_to_string(&path).await {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
@@ -188,7 +192,10 @@ pub fn redact_url(url: &str) -> String {
 
 /// Chunks read per stream, each with its arrival number, merged into
 /// arrival order and cut after about `max_bytes` (at least one chunk).
-pub(crate) fn merge_by_arrival(mut chunks: Vec<(i64, LogChunk)>, max_bytes: usize) -> Vec<LogChunk> {
+pub(crate) fn merge_by_arrival(
+    mut chunks: Vec<(i64, LogChunk)>,
+    max_bytes: usize,
+) -> Vec<LogChunk> {
     chunks.sort_by_key(|(id, _)| *id);
     let mut total = 0usize;
     let mut out = Vec::new();

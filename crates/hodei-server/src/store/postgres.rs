@@ -26,8 +26,8 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use super::rows::{
-    corrupt, decode_chunk, finished_from_row, job_from_row, log_end_from_row,
-    state_count_from_row, to_i64, worker_from_row,
+    corrupt, decode_chunk, finished_from_row, job_from_row, log_end_from_row, state_count_from_row,
+    to_i64, worker_from_row,
 };
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError};
 
@@ -389,13 +389,21 @@ fn list_sql(select: &str, filter: &JobFilter) -> (String, Vec<String>) {
         next(&mut sql, "worker = {} AND ", worker.clone());
     }
     if let Some(prefix) = &filter.name_prefix {
-        next(&mut sql, "name LIKE {} ESCAPE '\\' AND ", like_prefix(prefix));
+        next(
+            &mut sql,
+            "name LIKE {} ESCAPE '\\' AND ",
+            like_prefix(prefix),
+        );
     }
     if let Some(label) = &filter.label {
         next(&mut sql, "spec -> 'labels' ? {} AND ", label.clone());
     }
     let n = values.len();
-    sql.push_str(&format!("seq < ${} ORDER BY seq DESC LIMIT ${}", n + 1, n + 2));
+    sql.push_str(&format!(
+        "seq < ${} ORDER BY seq DESC LIMIT ${}",
+        n + 1,
+        n + 2
+    ));
     (sql, values)
 }
 

@@ -56,8 +56,8 @@ impl TestDb {
         use sqlx::Connection;
         match &self.pg_url {
             None => {
-                let options =
-                    sqlx::sqlite::SqliteConnectOptions::new().filename(self.dir.path().join("hodei.db"));
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.dir.path().join("hodei.db"));
                 let mut conn = sqlx::sqlite::SqliteConnection::connect_with(&options)
                     .await
                     .expect("connect");
