@@ -60,21 +60,22 @@ fn frames(body: &[u8], split: usize) -> Vec<&[u8]> {
     let whole = FrameScan::default().feed(body, LIMIT);
     let split = split.min(body.len());
     let mut scan = FrameScan::default();
-    let parts = scan
-        .feed(&body[..split], LIMIT)
-        .and_then(|()| {
-            scan.feed(&body[split..], LIMIT).map_err(|mut o| {
-                o.at += split;
-                o
-            })
-        });
+    let parts = scan.feed(&body[..split], LIMIT).and_then(|()| {
+        scan.feed(&body[split..], LIMIT).map_err(|mut o| {
+            o.at += split;
+            o
+        })
+    });
     match (whole, parts) {
         (Ok(()), Ok(())) => {}
         (Err(a), Err(b)) => {
             assert_eq!(a.len, b.len, "split at {split}");
             // In two chunks, a prefix cut by the split is reported where the
             // second chunk starts.
-            assert!(a.at == b.at || (b.at == split && a.at < split), "{a:?} vs {b:?}");
+            assert!(
+                a.at == b.at || (b.at == split && a.at < split),
+                "{a:?} vs {b:?}"
+            );
         }
         (a, b) => panic!("whole {a:?}, split at {split}: {b:?}"),
     }

@@ -33,7 +33,11 @@ fn small() -> Limits {
 fn check(request: SubmitRequest) {
     let (id, spec) = request.into_parts();
     let spec = spec.normalized();
-    assert_eq!(spec.clone().normalized(), spec, "normalizing twice changed it");
+    assert_eq!(
+        spec.clone().normalized(),
+        spec,
+        "normalizing twice changed it"
+    );
 
     let json = serde_json::to_string(&spec).expect("a spec serializes");
     let back: JobSpec = serde_json::from_str(&json).expect("a serialized spec parses");
@@ -44,7 +48,10 @@ fn check(request: SubmitRequest) {
         assert!(!e.field.is_empty() && !e.message.is_empty(), "{e:?}");
     }
     if spec.validate_with(&small()).is_ok() {
-        assert!(default.is_ok(), "valid under small limits, not under the defaults");
+        assert!(
+            default.is_ok(),
+            "valid under small limits, not under the defaults"
+        );
     }
     if default.is_err() {
         return;
@@ -97,9 +104,14 @@ fn wire_round_trip(job: &Job) {
         command: a.command,
         spec: a.spec,
     };
-    let back = hodei_server::convert::spec_from_request(&req).expect("the server reads its own spec");
+    let back =
+        hodei_server::convert::spec_from_request(&req).expect("the server reads its own spec");
     let want = &job.spec;
-    assert_eq!(back.kill_grace_ms(), want.kill_grace_ms(), "the kill grace changed on the wire");
+    assert_eq!(
+        back.kill_grace_ms(),
+        want.kill_grace_ms(),
+        "the kill grace changed on the wire"
+    );
     let strip = |s: &JobSpec| JobSpec {
         kill_grace_ms: None,
         ..s.clone()

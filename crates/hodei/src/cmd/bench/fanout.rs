@@ -53,10 +53,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         };
         let failed = failed.clone();
         tasks.spawn(async move {
-            if let Err(e) = agent.run().await {
-                if failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!("bench: a simulated agent failed: {e:#}");
-                }
+            if let Err(e) = agent.run().await
+                && failed.fetch_add(1, Ordering::Relaxed) == 0
+            {
+                eprintln!("bench: a simulated agent failed: {e:#}");
             }
         });
     }

@@ -101,7 +101,7 @@ impl Report {
             target: format!("{op} {bound}"),
             met,
         });
-        self.set("targets", &self.checks.clone());
+        self.set("targets", self.checks.clone());
     }
 
     /// Records an implausible result unless `ok`.
