@@ -22,7 +22,7 @@ mod docker_support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Client, wait_for};
+use common::{Client, admin_token, http, join_token, wait_for};
 use docker_support::*;
 use futures::future::join_all;
 use hodei_core::api::SubmitRequest;
