@@ -84,7 +84,7 @@ pub async fn submit_batch(
             None => Ok(()),
         };
         checked?;
-        spec.validate()
+        spec.validate_with(&app.limits)
             .map_err(|e| ApiError::invalid(&item_field(i, &e.field), e.to_string()))?;
         if !spec.secrets.is_empty() {
             let known = super::secrets::secrets_of(secrets.clone())?;

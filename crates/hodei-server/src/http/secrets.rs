@@ -108,7 +108,10 @@ fn name_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
         (status = 201, description = "Created", body = SecretInfoSchema),
         (status = 200, description = "Replaced", body = SecretInfoSchema),
         (status = 400, description = "Bad name or value (the message never shows the value)", body = ErrorBodySchema),
+        (status = 401, description = "No valid token", body = ErrorBodySchema),
         (status = 403, description = "Not an admin token", body = ErrorBodySchema),
+        (status = 413, description = "Body over the server's limit", body = ErrorBodySchema),
+        (status = 415, description = "Not application/json", body = ErrorBodySchema),
     )
 )]
 pub async fn set(
