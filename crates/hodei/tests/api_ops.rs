@@ -194,7 +194,8 @@ fn json_logs_with_the_flag() {
 
 /// Fills a documented path with real ids.
 fn concrete(path: &str, job: &str) -> String {
-    path.replace("{id}", job).replace("{name}", "NO_SUCH_SECRET")
+    path.replace("{id}", job)
+        .replace("{name}", "NO_SUCH_SECRET")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
