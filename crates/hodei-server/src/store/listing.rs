@@ -5,7 +5,7 @@
 use hodei_core::{JobState, Millis};
 use sqlx::sqlite::SqlitePool;
 
-use super::sqlite::{corrupt, get, int};
+use super::rows::{finished_from_row, state_count_from_row};
 use super::{FinishedCount, JobFilter, StoreError};
 
 const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state";
@@ -58,17 +58,7 @@ fn glob_prefix(prefix: &str) -> String {
 
 pub(super) async fn count_by_state(pool: &SqlitePool) -> Result<Vec<(JobState, u64)>, StoreError> {
     let rows = sqlx::query(COUNT_BY_STATE).fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            let decoded = (|| {
-                let state: String = get(row, "state")?;
-                let parsed =
-                    JobState::parse(&state).ok_or_else(|| format!("unknown state {state:?}"))?;
-                Ok::<_, String>((parsed, int(row, "n")?))
-            })();
-            decoded.map_err(|m| corrupt("(count by state)", m))
-        })
-        .collect()
+    rows.iter().map(state_count_from_row).collect()
 }
 
 pub(super) async fn finished_since(
@@ -79,20 +69,7 @@ pub(super) async fn finished_since(
         .bind(since)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| {
-            let decoded = (|| {
-                let state: String = get(row, "state")?;
-                Ok::<_, String>(FinishedCount {
-                    minute: int(row, "minute")?,
-                    state: JobState::parse(&state)
-                        .ok_or_else(|| format!("unknown state {state:?}"))?,
-                    count: int(row, "n")?,
-                })
-            })();
-            decoded.map_err(|m| corrupt("(finished jobs)", m))
-        })
-        .collect()
+    rows.iter().map(finished_from_row).collect()
 }
 
 #[cfg(test)]

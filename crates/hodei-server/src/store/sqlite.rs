@@ -16,16 +16,16 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::TryStreamExt;
-use hodei_core::engine::{LogWrite, WorkerRecord, Writes};
-use hodei_core::{Job, JobSpec, JobState, LogStream, Millis};
+use hodei_core::engine::{LogWrite, Writes};
+use hodei_core::{Job, JobState, LogStream, Millis};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{Decode, Row, Sqlite, Type};
+use sqlx::{Row, Sqlite};
 
+use super::rows::{corrupt, decode_chunk, job_from_row, log_end_from_row, to_i64, worker_from_row};
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
 
 /// The database file inside the data directory.
@@ -287,31 +287,15 @@ impl Store for SqliteStore {
             .map(|job| ((job.id.clone(), job.attempt), [0, 0]))
             .collect();
         for row in sqlx::query(LOG_ENDS).fetch_all(&mut *tx).await? {
-            let id: String = row.try_get("id")?;
-            let decoded = (|| {
-                let attempt: u32 = int(&row, "attempt")?;
-                let stream = stream_from_code(get(&row, "stream")?)?;
-                let end: u64 = int(&row, "end_offset")?;
-                Ok::<_, String>((attempt, stream, end))
-            })();
-            let (attempt, stream, end) = decoded.map_err(|m| corrupt(&id, m))?;
+            let (id, attempt, stream, end) = log_end_from_row(&row)?;
             log_ends.entry((id, attempt)).or_default()[stream.index()] = end;
         }
-        let mut workers = Vec::new();
-        for row in sqlx::query(ALL_WORKERS).fetch_all(&mut *tx).await? {
-            let id: String = row.try_get("id")?;
-            let labels: String = row.try_get("labels")?;
-            let decoded = (|| {
-                Ok::<_, String>(WorkerRecord {
-                    labels: serde_json::from_str(&labels)
-                        .map_err(|e| format!("bad worker labels JSON: {e}"))?,
-                    slots: int(&row, "slots")?,
-                    last_seen: get(&row, "last_seen")?,
-                    id: id.clone(),
-                })
-            })();
-            workers.push(decoded.map_err(|m| corrupt(&format!("(worker {id})"), m))?);
-        }
+        let workers = sqlx::query(ALL_WORKERS)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(worker_from_row)
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let max_seq: i64 = sqlx::query_scalar(MAX_SEQ).fetch_one(&mut *tx).await?;
         let max_seq = u64::try_from(max_seq)
             .map_err(|_| corrupt("(max seq)", format!("negative seq {max_seq}")))?;
@@ -378,91 +362,4 @@ fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreE
         .bind(to_i64(end, &log.job_id, "log end offset")?)
         .bind(log.timestamp_ms)
         .bind(&log.data[..]))
-}
-
-pub(super) fn corrupt(job_id: &str, message: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        job_id: job_id.to_string(),
-        message: message.into(),
-    }
-}
-
-fn to_i64(value: u64, job_id: &str, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| corrupt(job_id, format!("{what} {value} is too large")))
-}
-
-fn stream_from_code(code: i64) -> Result<LogStream, String> {
-    match code {
-        0 => Ok(LogStream::Stdout),
-        1 => Ok(LogStream::Stderr),
-        _ => Err(format!("unknown log stream {code}")),
-    }
-}
-
-/// A column's value, or a message naming the column.
-pub(super) fn get<'r, T: Decode<'r, Sqlite> + Type<Sqlite>>(
-    row: &'r SqliteRow,
-    col: &str,
-) -> Result<T, String> {
-    row.try_get(col).map_err(|e| format!("column {col}: {e}"))
-}
-
-/// An integer column converted to `T`, refusing values out of its range.
-pub(super) fn int<T: TryFrom<i64>>(row: &SqliteRow, col: &str) -> Result<T, String> {
-    let value: i64 = get(row, col)?;
-    T::try_from(value).map_err(|_| format!("column {col}: {value} is out of range"))
-}
-
-fn opt_int<T: TryFrom<i64>>(row: &SqliteRow, col: &str) -> Result<Option<T>, String> {
-    let value: Option<i64> = get(row, col)?;
-    value
-        .map(|v| T::try_from(v).map_err(|_| format!("column {col}: {v} is out of range")))
-        .transpose()
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let id: String = row.try_get("id")?;
-    decode_job(row, &id).map_err(|message| corrupt(&id, message))
-}
-
-fn decode_job(row: &SqliteRow, id: &str) -> Result<Job, String> {
-    let state: String = get(row, "state")?;
-    let spec: String = get(row, "spec")?;
-    Ok(Job {
-        id: id.to_string(),
-        spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| format!("bad spec JSON: {e}"))?,
-        state: JobState::parse(&state).ok_or_else(|| format!("unknown state {state:?}"))?,
-        attempt: int(row, "attempt")?,
-        worker: get(row, "worker")?,
-        exit_code: opt_int(row, "exit_code")?,
-        signal: opt_int(row, "signal")?,
-        reason: get(row, "reason")?,
-        cancel_requested: get::<i64>(row, "cancel_requested")? != 0,
-        seq: int(row, "seq")?,
-        created_at: get(row, "created_at")?,
-        assigned_at: get(row, "assigned_at")?,
-        started_at: get(row, "started_at")?,
-        finished_at: get(row, "finished_at")?,
-    })
-}
-
-/// A stored chunk, trimmed to start at `from` of its stream if it began before.
-fn decode_chunk(row: &SqliteRow, from: &[u64; 2]) -> Result<LogChunk, String> {
-    let stream = stream_from_code(get(row, "stream")?)?;
-    let mut offset: u64 = int(row, "start_offset")?;
-    let mut data = Bytes::from(get::<Vec<u8>>(row, "data")?);
-    let from = from[stream.index()];
-    if offset < from {
-        let skip = usize::try_from(from - offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        data = data.slice(skip..);
-        offset += skip as u64;
-    }
-    Ok(LogChunk {
-        stream,
-        offset,
-        data,
-        timestamp_ms: get(row, "ts")?,
-    })
 }
