@@ -3,6 +3,7 @@
 //! [`Store::commit`], one transaction per engine batch; everything else reads.
 
 mod listing;
+mod pg_sql;
 mod postgres;
 mod rows;
 mod sqlite;
