@@ -4,14 +4,11 @@
 //! the orchestrator that checks them.
 
 use std::path::Path;
-use std::time::Duration;
 
 use hodei_core::Millis;
 use hodei_core::auth::Role;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 
 use crate::store::StoreError;
 
@@ -44,23 +41,7 @@ pub struct AuthStore {
 
 impl AuthStore {
     pub async fn open(data_dir: &Path) -> Result<AuthStore, StoreError> {
-        tokio::fs::create_dir_all(data_dir)
-            .await
-            .map_err(|source| StoreError::DataDir {
-                path: data_dir.display().to_string(),
-                source,
-            })?;
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join("hodei.db"))
-            .busy_timeout(Duration::from_secs(10))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        let pool = crate::store::open_sqlite_pool(data_dir, 1).await?;
         Ok(AuthStore { pool })
     }
 

@@ -2,18 +2,13 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 use hodei_core::Millis;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use super::crypto::Sealed;
 use super::{SecretInfo, SecretsError};
-use crate::store::StoreError;
 
 /// A row as stored.
 pub struct SealedRow {
@@ -25,27 +20,7 @@ pub struct SealedRow {
 /// The data directory's `hodei.db` (WAL, `synchronous = FULL`: a change
 /// that returned is on disk), schema brought up to date.
 pub async fn open(data_dir: &Path) -> Result<SqlitePool, SecretsError> {
-    tokio::fs::create_dir_all(data_dir)
-        .await
-        .map_err(|source| StoreError::DataDir {
-            path: data_dir.display().to_string(),
-            source,
-        })?;
-    let options = SqliteConnectOptions::new()
-        .filename(data_dir.join("hodei.db"))
-        .busy_timeout(Duration::from_secs(10))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(options)
-        .await?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .map_err(StoreError::from)?;
-    Ok(pool)
+    Ok(crate::store::open_sqlite_pool(data_dir, 2).await?)
 }
 
 fn sealed_row(row: &SqliteRow) -> Result<SealedRow, sqlx::Error> {

@@ -15,7 +15,7 @@ use hodei_core::engine::{WorkerRecord, Writes};
 use hodei_core::{Job, JobState, LogStream, Millis};
 
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, open_pool as open_sqlite_pool};
 
 /// A store failure. The orchestrator treats a failed commit as fatal for the
 /// batch: nothing in it is acknowledged.

@@ -147,6 +147,30 @@ impl SqliteStore {
     }
 }
 
+/// A read-write pool of `connections` on `data_dir/hodei.db` (WAL,
+/// `synchronous = FULL`: a change that returned is on disk), the schema
+/// brought up to date: for the tables kept beside the jobs (auth, secrets).
+pub async fn open_pool(data_dir: &Path, connections: u32) -> Result<SqlitePool, StoreError> {
+    tokio::fs::create_dir_all(data_dir)
+        .await
+        .map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+    let options = SqliteConnectOptions::new()
+        .filename(data_dir.join(DB_FILE))
+        .busy_timeout(BUSY_TIMEOUT)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    Ok(pool)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, writes: &Writes) -> Result<(), StoreError> {
