@@ -45,6 +45,7 @@ fn engine() -> Engine {
             req: 1,
             id: "j".into(),
             spec: JobSpec::command(["true"]),
+            submitter: None,
             existing: None,
         },
         NOW,
@@ -177,6 +178,7 @@ fn unary(engine: &mut Engine, call: u8, message: &[u8]) {
                     req: 2,
                     id,
                     spec,
+                    submitter: None,
                     existing: None,
                 },
             );

@@ -60,6 +60,7 @@ fn offsets(data: &[u8]) {
                 req: 1,
                 id: "j".into(),
                 spec: JobSpec::command(["true"]),
+                submitter: None,
                 existing: None,
             },
         ],

@@ -68,6 +68,7 @@ fn check(request: SubmitRequest) {
             req,
             id: id.clone(),
             spec: spec.clone(),
+            submitter: None,
             existing: None,
         };
         engine.handle(input, 1_000, &mut out);

@@ -140,6 +140,10 @@ pub struct Job {
     pub assigned_at: Option<Millis>,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// The id of the token that submitted the job; `None` when auth is off
+    /// (and for jobs stored before submitters were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
 }
 
 impl Job {
@@ -159,6 +163,7 @@ impl Job {
             assigned_at: None,
             started_at: None,
             finished_at: None,
+            submitter: None,
         }
     }
 }

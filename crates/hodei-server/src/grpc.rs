@@ -131,24 +131,27 @@ impl WorkerService for HwpService {
         } else {
             req.job_id
         };
+        // Recorded on the new job, in the commit that creates it.
+        let submitter = match (&self.auth, caller) {
+            (Some(_), Some(c)) => Some(c.id),
+            _ => None,
+        };
         let reply = self
             .hub
             .request(|r| Input::Submit {
                 req: r,
                 id,
                 spec,
+                submitter,
                 existing: None,
             })
             .await?;
         match reply {
-            Reply::Submitted { job, created } => {
-                self.record_owner(&job.id, created, caller.as_ref()).await?;
-                Ok(Response::new(pb::JobAccepted {
-                    job_id: job.id,
-                    state: job.state.to_string(),
-                    created,
-                }))
-            }
+            Reply::Submitted { job, created } => Ok(Response::new(pb::JobAccepted {
+                job_id: job.id,
+                state: job.state.to_string(),
+                created,
+            })),
             other => Err(unexpected(other)),
         }
     }
@@ -361,40 +364,15 @@ impl HwpService {
         }
     }
 
-    /// Records who submitted a new job (before the caller is answered).
-    async fn record_owner(
-        &self,
-        job_id: &str,
-        created: bool,
-        caller: Option<&Principal>,
-    ) -> Result<(), Status> {
-        match (&self.auth, caller) {
-            (Some(auth), Some(c)) if created => auth
-                .record_owner(job_id, &c.id)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string())),
-            _ => Ok(()),
-        }
-    }
-
     /// A `submit` token cancels only the jobs it submitted.
     async fn may_cancel(&self, job_id: &str, caller: Option<&Principal>) -> Result<(), Status> {
-        let (Some(auth), Some(c)) = (&self.auth, caller) else {
+        let (Some(_), Some(c)) = (&self.auth, caller) else {
             return Ok(());
         };
-        if c.role == hodei_core::auth::Role::Admin {
-            return Ok(());
-        }
-        let owner = auth
-            .owner(job_id)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        if hodei_core::auth::may_cancel(c.role, &c.id, owner.as_deref()) {
-            return Ok(());
-        }
-        match self.store.get_job(job_id).await {
-            Ok(None) => Ok(()), // NOT_FOUND from the engine
-            Ok(Some(_)) => {
+        // An unknown job is allowed through: NOT_FOUND from the engine.
+        match crate::auth::may_cancel(self.store.as_ref(), c, job_id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 tracing::warn!(token = %c.id, job = %job_id, "CancelJob refused: not the submitter");
                 Err(Status::permission_denied(format!(
                     "job {job_id} was submitted by another token; a {} token cancels only its own jobs",

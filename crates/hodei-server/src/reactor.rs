@@ -8,8 +8,13 @@
 //! callers and notices to followers. A busy orchestrator therefore commits
 //! many events per fsync (group commit), and nothing is acknowledged before
 //! it is on disk.
+//!
+//! When several replicas share the store, `replication` adds what they
+//! need: adopting and forgetting shared jobs, fenced commits, take-overs.
 
-use std::collections::HashMap;
+mod replication;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,6 +45,8 @@ enum Command {
     Inputs(Vec<Input>, oneshot::Sender<Vec<Reply>>),
     /// Registers the channel of a new agent session; sent before its `Attach`.
     OpenSession(SessionId, mpsc::UnboundedSender<ToAgent>),
+    /// From the replica machinery's background tasks.
+    Cluster(replication::ClusterCommand),
 }
 
 /// Why a request got no reply.
@@ -138,11 +145,16 @@ pub fn start(
         ids: Arc::new(AtomicU64::new(1)),
     };
     let tick_every = Duration::from_millis((engine.config().lease_grace_ms / 10).clamp(50, 1000));
+    if store.cluster().is_some() {
+        replication::spawn(store.clone(), hub.tx.downgrade());
+    }
     let reactor = Reactor {
         engine,
         store,
         notices,
         sessions: HashMap::new(),
+        retry: Vec::new(),
+        remote_notices: Vec::new(),
     };
     let task = tokio::spawn(reactor.run(rx, hub.tx.downgrade(), tick_every));
     (hub, task)
@@ -153,6 +165,11 @@ struct Reactor {
     store: Arc<dyn Store>,
     notices: broadcast::Sender<Notice>,
     sessions: HashMap<SessionId, mpsc::UnboundedSender<ToAgent>>,
+    /// Requests to apply again in the next batch: the job they named turned
+    /// out to belong to another replica.
+    retry: Vec<Command>,
+    /// Changes other replicas announced, for live followers here.
+    remote_notices: Vec<Notice>,
 }
 
 impl Reactor {
@@ -174,8 +191,15 @@ impl Reactor {
             }
         });
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
+        loop {
+            if self.retry.is_empty() {
+                match rx.recv().await {
+                    Some(first) => batch.push(first),
+                    None => break,
+                }
+            } else {
+                batch.append(&mut self.retry);
+            }
             let mut log_bytes = 0;
             while batch.len() < MAX_BATCH && log_bytes < MAX_BATCH_LOG_BYTES {
                 match rx.try_recv() {
@@ -207,6 +231,8 @@ impl Reactor {
         tracing::error!(%error, "the store failed; refusing work until it is back");
         crate::metrics::on_store_outage(true);
         self.sessions.clear();
+        self.retry.clear();
+        self.remote_notices.clear();
         let mut retry = OUTAGE_RETRY_MIN;
         loop {
             let wait = tokio::time::sleep(retry);
@@ -225,7 +251,7 @@ impl Reactor {
                         .await
                     {
                         Ok(engine) => {
-                            self.engine = engine;
+                            self.engine = engine.with_limits(self.engine.limits().clone());
                             crate::metrics::on_store_outage(false);
                             tracing::info!("the store is back; state rebuilt from it");
                             return;
@@ -242,9 +268,16 @@ impl Reactor {
     }
 
     async fn process(&mut self, batch: &mut Vec<Command>) -> Result<(), StoreError> {
+        let first = self.before_batch(batch).await?;
         let stored = self.lookup(batch).await?;
         let now = now_ms();
         let mut out = hodei_core::engine::Output::default();
+        for input in first {
+            self.engine.handle(input, now, &mut out);
+        }
+        let replicated = self.store.cluster().is_some();
+        // With replicas, the requests naming a job, to retry if it is lost.
+        let mut named: HashMap<RequestId, Input> = HashMap::new();
         let mut waiting: Vec<(RequestId, oneshot::Sender<Reply>)> = Vec::new();
         let mut waiting_all: Vec<(Vec<RequestId>, oneshot::Sender<Vec<Reply>>)> = Vec::new();
         for cmd in batch.drain(..) {
@@ -262,11 +295,16 @@ impl Reactor {
                 Command::OpenSession(id, tx) => {
                     self.sessions.insert(id, tx);
                 }
+                // Taken out by `before_batch`.
+                Command::Cluster(_) => {}
                 Command::Input(mut input, reply) => {
                     if let Some(reply) = reply
                         && let Some(req) = request_id(&input)
                     {
                         waiting.push((req, reply));
+                        if replicated && replication::job_named(&input).is_some() {
+                            named.insert(req, input.clone());
+                        }
                     }
                     fill_existing(&mut input, &stored);
                     crate::metrics::on_input(&input);
@@ -276,7 +314,24 @@ impl Reactor {
         }
         self.engine.end_batch(now, &mut out);
         if !out.writes.is_empty() {
-            self.commit(&out.writes).await?;
+            let lost: HashSet<String> = self.commit(&out.writes).await?.into_iter().collect();
+            if !lost.is_empty() {
+                self.forget_lost(&lost, &mut out, now);
+                // Their answers were computed on a job another replica owns:
+                // apply them again, against the store's version.
+                let (again, rest): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(req, _)| {
+                    named
+                        .get(req)
+                        .and_then(replication::job_named)
+                        .is_some_and(|id| lost.contains(id))
+                });
+                waiting = rest;
+                for (req, tx) in again {
+                    if let Some(input) = named.remove(&req) {
+                        self.retry.push(Command::Input(input, Some(tx)));
+                    }
+                }
+            }
         }
         crate::metrics::on_batch(&out, self.engine.queue_len());
         for (session, msg) in out.messages {
@@ -299,7 +354,7 @@ impl Reactor {
                 let _ = tx.send(all);
             }
         }
-        for notice in out.notices {
+        for notice in out.notices.into_iter().chain(self.remote_notices.drain(..)) {
             // No subscriber is fine.
             let _ = self.notices.send(notice);
         }
@@ -318,7 +373,7 @@ impl Reactor {
         let inputs = batch.iter().flat_map(|cmd| match cmd {
             Command::Input(input, _) => std::slice::from_ref(input),
             Command::Inputs(inputs, _) => inputs.as_slice(),
-            Command::OpenSession(..) => &[],
+            Command::OpenSession(..) | Command::Cluster(_) => &[],
         });
         let ids: Vec<String> = inputs
             .filter_map(|input| match input {
@@ -337,14 +392,19 @@ impl Reactor {
         Ok(jobs.into_iter().map(|j| (j.id.clone(), j)).collect())
     }
 
-    async fn commit(&self, writes: &hodei_core::engine::Writes) -> Result<(), StoreError> {
+    /// Commits `writes`; returns the jobs that turned out to be another
+    /// replica's (fenced, not written).
+    async fn commit(&self, writes: &hodei_core::engine::Writes) -> Result<Vec<String>, StoreError> {
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let committed = self.store.commit(writes).await;
+            let committed = match self.store.cluster() {
+                Some(cluster) => cluster.commit_fenced(writes).await,
+                None => self.store.commit(writes).await.map(|()| Vec::new()),
+            };
             crate::metrics::on_commit(started.elapsed(), committed.is_ok());
             match committed {
-                Ok(()) => return Ok(()),
+                Ok(lost) => return Ok(lost),
                 Err(e) if attempt < COMMIT_ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "store commit failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;

@@ -19,6 +19,7 @@ pub async fn recover_engine(store: &dyn Store, config: EngineConfig) -> Result<E
         "recovered state from the store"
     );
     let totals = stored_totals(store, &recovery.log_ends).await?;
+    let slot = store.cluster().map(|c| c.seq_slot());
     Ok(Engine::recover(
         config,
         recovery.unfinished,
@@ -26,7 +27,8 @@ pub async fn recover_engine(store: &dyn Store, config: EngineConfig) -> Result<E
         recovery.workers,
         recovery.max_seq,
         now_ms(),
-    ))
+    )
+    .with_seq_slot(slot))
 }
 
 /// Size and checksum of the stored log of each unfinished attempt, read back
@@ -38,26 +40,38 @@ async fn stored_totals(
 ) -> Result<HashMap<(String, u32), [StreamTotal; 2]>, StoreError> {
     let mut totals = HashMap::new();
     for ((job_id, attempt), ends) in log_ends {
-        let mut sums = [StreamTotal::default(); 2];
-        let mut query = LogQuery {
-            job_id: job_id.clone(),
-            attempt: *attempt,
-            stream: None,
-            from: [0, 0],
-            max_bytes: 4 * 1024 * 1024,
-        };
-        while query.from != *ends {
-            let chunks = store.read_logs(&query).await?;
-            if chunks.is_empty() {
-                break;
-            }
-            for chunk in chunks {
-                let i = chunk.stream.index();
-                sums[i] = sums[i].append(&chunk.data);
-                query.from[i] = chunk.offset + chunk.data.len() as u64;
-            }
-        }
+        let sums = attempt_totals(store, job_id, *attempt, Some(*ends)).await?;
         totals.insert((job_id.clone(), *attempt), sums);
     }
     Ok(totals)
+}
+
+/// Size and checksum of the stored log of one attempt, up to `ends` (the
+/// stored ends, when known) or all of it.
+pub async fn attempt_totals(
+    store: &dyn Store,
+    job_id: &str,
+    attempt: u32,
+    ends: Option<[u64; 2]>,
+) -> Result<[StreamTotal; 2], StoreError> {
+    let mut sums = [StreamTotal::default(); 2];
+    let mut query = LogQuery {
+        job_id: job_id.to_string(),
+        attempt,
+        stream: None,
+        from: [0, 0],
+        max_bytes: 4 * 1024 * 1024,
+    };
+    while ends != Some(query.from) {
+        let chunks = store.read_logs(&query).await?;
+        if chunks.is_empty() {
+            break;
+        }
+        for chunk in chunks {
+            let i = chunk.stream.index();
+            sums[i] = sums[i].append(&chunk.data);
+            query.from[i] = chunk.offset + chunk.data.len() as u64;
+        }
+    }
+    Ok(sums)
 }

@@ -149,6 +149,7 @@ async fn tokens_are_checked_and_roles_enforced_over_http_and_the_cli() {
     let alice_c = server.client_with(Some(&alice));
     let bob_c = server.client_with(Some(&bob));
     let job = alice_c.submit(&sleeper("alice")).await.expect("submit").job;
+    assert_eq!(job.submitter.as_deref(), Some(alice_id.as_str()));
     let err = bob_c
         .cancel(&job.id)
         .await
@@ -162,6 +163,17 @@ async fn tokens_are_checked_and_roles_enforced_over_http_and_the_cli() {
     logged(&server, "cancel refused: not the submitter").await;
     let cancelled = alice_c.cancel(&job.id).await.expect("alice cancels hers");
     assert!(cancelled.cancel_requested || cancelled.state == JobState::Cancelled);
+    // So do the jobs of a batch.
+    let batch = alice_c
+        .submit_batch(vec![sleeper("alice-batch")])
+        .await
+        .expect("batch");
+    let err = bob_c.cancel(&batch.ids[0]).await.expect_err("not bob's");
+    assert_eq!(err.code(), Some("permission_denied"), "{err:?}");
+    alice_c
+        .cancel(&batch.ids[0])
+        .await
+        .expect("alice cancels her batch job");
     // Unknown job: still 404 for a submit token.
     assert_eq!(
         bob_c.cancel("no-such-job").await.expect_err("404").code(),

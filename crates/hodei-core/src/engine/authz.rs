@@ -147,6 +147,7 @@ mod tests {
             req: 1,
             id: "j".into(),
             spec: JobSpec::command(["true"]),
+            submitter: None,
             existing: None,
         };
         run(&mut e, 1, vec![submit]);

@@ -33,6 +33,14 @@ impl Default for EngineConfig {
     }
 }
 
+/// A job taken into memory with [`Input::Adopt`], with what of its current
+/// attempt's log is stored (size and checksum per stream).
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    pub job: Job,
+    pub stored: [StreamTotal; 2],
+}
+
 /// A job attempt an agent says it is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRef {
@@ -49,8 +57,18 @@ pub enum Input {
         req: RequestId,
         id: String,
         spec: JobSpec,
+        /// The id of the submitting token, recorded on a new job (`None` when auth is off).
+        submitter: Option<String>,
         existing: Option<Box<Job>>,
     },
+    /// Jobs this orchestrator takes into memory when several share one
+    /// database: queued jobs another replica put in the shared queue, or
+    /// attempts it now owns (their agent attached here, or their replica
+    /// died). Nothing is written.
+    Adopt { jobs: Vec<Adopted> },
+    /// Jobs that are no longer this orchestrator's (another replica claimed
+    /// or finished them): dropped from memory, nothing written or sent.
+    Forget { job_ids: Vec<String> },
     /// A user cancels a job; `existing` as for `Submit`.
     Cancel {
         req: RequestId,

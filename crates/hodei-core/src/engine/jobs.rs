@@ -62,11 +62,13 @@ impl Engine {
         Ok(state)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn submit(
         &mut self,
         req: RequestId,
         id: String,
         spec: JobSpec,
+        submitter: Option<String>,
         existing: Option<Box<Job>>,
         now: Millis,
         out: &mut Output,
@@ -89,8 +91,10 @@ impl Engine {
             out.replies.push((req, reply));
             return;
         }
-        let job = Job::new(id.clone(), spec, self.next_seq, now);
-        self.next_seq += 1;
+        let job = Job {
+            submitter,
+            ..Job::new(id.clone(), spec, self.take_seq(now), now)
+        };
         self.enqueue(&job);
         out.writes.jobs.insert(id.clone(), job.clone());
         out.notices.push(Notice::JobChanged {

@@ -14,6 +14,7 @@
 mod authz;
 mod io;
 mod jobs;
+mod replica;
 mod workers;
 
 pub use io::*;
@@ -59,6 +60,9 @@ pub struct Engine {
     workers: BTreeMap<String, Worker>,
     sessions: HashMap<SessionId, String>,
     next_seq: u64,
+    /// With several orchestrators on one database: this one's slot, which
+    /// makes its submission sequence numbers unique (see `replica.rs`).
+    seq_slot: Option<u16>,
     /// Sessions and jobs whose log acknowledgement is due at the end of the
     /// batch, and whether it asks for a resend.
     pending_acks: BTreeMap<(SessionId, String), bool>,
@@ -79,6 +83,7 @@ impl Engine {
             workers: BTreeMap::new(),
             sessions: HashMap::new(),
             next_seq: 1,
+            seq_slot: None,
             pending_acks: BTreeMap::new(),
             finished: Vec::new(),
             fenced: BTreeSet::new(),
@@ -146,6 +151,11 @@ impl Engine {
         self.config
     }
 
+    /// What a submitted spec may hold.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Whether the shell must look `job_id` up in the store before a
     /// `Submit` or `Cancel` input: true when the job is not in memory.
     pub fn needs_lookup(&self, job_id: &str) -> bool {
@@ -169,8 +179,9 @@ impl Engine {
                 req,
                 id,
                 spec,
+                submitter,
                 existing,
-            } => self.submit(req, id, spec, existing, now, out),
+            } => self.submit(req, id, spec, submitter, existing, now, out),
             Input::Cancel {
                 req,
                 id,
@@ -246,6 +257,8 @@ impl Engine {
                 totals,
             } => self.result(session, job_id, attempt, outcome, totals, now, out),
             Input::Tick => self.expire_leases(now, out),
+            Input::Adopt { jobs } => self.adopt(jobs, now, out),
+            Input::Forget { job_ids } => self.forget(&job_ids),
             Input::Shutdown {
                 reconnect_within_ms,
             } => {

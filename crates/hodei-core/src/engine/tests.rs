@@ -28,6 +28,7 @@ fn submit(req: RequestId, id: &str, spec: JobSpec) -> Input {
         req,
         id: id.into(),
         spec,
+        submitter: None,
         existing: None,
     }
 }
@@ -127,6 +128,7 @@ fn submit_is_idempotent_on_id_and_spec() {
             req: 4,
             id: "old".into(),
             spec: JobSpec::command(["true"]),
+            submitter: None,
             existing: Some(Box::new(stored)),
         }],
     );
@@ -134,6 +136,38 @@ fn submit_is_idempotent_on_id_and_spec() {
         out.replies[0],
         (4, Reply::Submitted { created: false, .. })
     ));
+}
+
+#[test]
+fn a_new_job_records_its_submitter_and_a_resubmission_keeps_it() {
+    let mut e = engine();
+    let by = |req, who: &str| Input::Submit {
+        req,
+        id: "j".into(),
+        spec: JobSpec::command(["true"]),
+        submitter: Some(who.into()),
+        existing: None,
+    };
+    let out = batch(&mut e, 0, vec![by(1, "t-alice")]);
+    assert_eq!(out.writes.jobs["j"].submitter.as_deref(), Some("t-alice"));
+    // Same spec from another token: the same job, still alice's.
+    let out = batch(&mut e, 1, vec![by(2, "t-bob")]);
+    match &out.replies[0] {
+        (
+            2,
+            Reply::Submitted {
+                job,
+                created: false,
+            },
+        ) => {
+            assert_eq!(job.submitter.as_deref(), Some("t-alice"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        e.live_job("j").and_then(|j| j.submitter.as_deref()),
+        Some("t-alice")
+    );
 }
 
 #[test]

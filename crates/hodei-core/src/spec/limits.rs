@@ -244,6 +244,7 @@ mod tests {
                 req,
                 id: format!("j{req}"),
                 spec: JobSpec::command(argv),
+                submitter: None,
                 existing: None,
             };
             engine.handle(input, 1_000, &mut out);

@@ -169,22 +169,6 @@ pub async fn revoke(
     }
 }
 
-/// Records the submitter of a job just created (before the caller is
-/// answered, so a `submit` token can always cancel what it was told it made).
-pub(crate) async fn record_owner(
-    auth: Option<&Extension<Auth>>,
-    who: Option<&Extension<Principal>>,
-    job_id: &str,
-    created: bool,
-) -> Result<(), ApiError> {
-    match (auth, who) {
-        (Some(Extension(auth)), Some(Extension(who))) if created => {
-            Ok(auth.record_owner(job_id, &who.id).await?)
-        }
-        _ => Ok(()),
-    }
-}
-
 /// A `submit` token cancels only the jobs it submitted (403 otherwise; an
 /// unknown job is left to the usual 404).
 pub(crate) async fn check_cancel(
@@ -193,16 +177,10 @@ pub(crate) async fn check_cancel(
     store: &dyn crate::store::Store,
     job_id: &str,
 ) -> Result<(), ApiError> {
-    let (Some(Extension(auth)), Some(Extension(who))) = (auth, who) else {
+    let (Some(_), Some(Extension(who))) = (auth, who) else {
         return Ok(());
     };
-    if who.role == Role::Admin {
-        return Ok(());
-    }
-    let owner = auth.owner(job_id).await?;
-    if hodei_core::auth::may_cancel(who.role, &who.id, owner.as_deref())
-        || store.get_job(job_id).await?.is_none()
-    {
+    if super::may_cancel(store, who, job_id).await? {
         return Ok(());
     }
     tracing::warn!(token = %who.id, job = %job_id, "cancel refused: not the submitter");

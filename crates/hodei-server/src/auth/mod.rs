@@ -1,9 +1,10 @@
 //! Authentication and authorization on the orchestrator's port.
 //!
 //! - [`Auth`]: the tokens (cached in memory, hashed on disk), worker
-//!   bindings, job owners, dashboard sessions and the limits that belong to
+//!   bindings, dashboard sessions and the limits that belong to
 //!   credentials (submissions per token per second, sessions per worker
-//!   identity);
+//!   identity); [`may_cancel`]: a job's submitter (recorded on the job
+//!   row, in the same commit) decides who may cancel it;
 //! - [`middleware`]: one axum layer over every route (HTTP and gRPC alike)
 //!   that authenticates the request and checks the role the route table
 //!   ([`hodei_core::auth::need_of`]) asks for;
@@ -30,7 +31,7 @@ use hodei_core::auth::{
 };
 
 use crate::reactor::now_ms;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 pub use store::{AuthStore, TokenRow};
 
 /// File in the data directory holding the bootstrap admin token (0600).
@@ -446,14 +447,24 @@ impl Auth {
             identity: identity.to_string(),
         })
     }
+}
 
-    pub async fn record_owner(&self, job_id: &str, token_id: &str) -> Result<(), StoreError> {
-        self.0.store.record_owner(job_id, token_id).await
+/// Whether `who` may cancel `job_id`: the rule of
+/// [`hodei_core::auth::may_cancel`] applied to the job's submitter, read
+/// from the job's row. An unknown job is allowed through: the engine
+/// answers not found.
+pub async fn may_cancel(
+    store: &dyn Store,
+    who: &Principal,
+    job_id: &str,
+) -> Result<bool, StoreError> {
+    if who.role == Role::Admin {
+        return Ok(true);
     }
-
-    pub async fn owner(&self, job_id: &str) -> Result<Option<String>, StoreError> {
-        self.0.store.owner(job_id).await
-    }
+    Ok(match store.get_job(job_id).await? {
+        None => true,
+        Some(job) => hodei_core::auth::may_cancel(who.role, &who.id, job.submitter.as_deref()),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Durable auth state: tokens, worker bindings and job owners, in the data
+//! Durable auth state: tokens and worker bindings, in the data
 //! directory's SQLite database (`hodei.db`, migration `0003_auth.sql`). It
 //! is kept there even when jobs live in PostgreSQL: credentials stay with
 //! the orchestrator that checks them.
@@ -123,23 +123,5 @@ impl AuthStore {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// Records the first submitter of a job; later ones are ignored.
-    pub async fn record_owner(&self, job_id: &str, token_id: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO job_owners (job_id, token_id) VALUES (?1, ?2)")
-            .bind(job_id)
-            .bind(token_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn owner(&self, job_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT token_id FROM job_owners WHERE job_id = ?1")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("token_id")).transpose()?)
     }
 }

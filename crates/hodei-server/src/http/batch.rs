@@ -62,6 +62,7 @@ fn item_field(index: usize, field: &str) -> String {
 )]
 pub async fn submit_batch(
     State(app): State<AppState>,
+    who: Option<axum::Extension<crate::auth::Principal>>,
     secrets: Option<axum::Extension<crate::secrets::Secrets>>,
     body: Result<Json<BatchSubmitRequest>, JsonRejection>,
 ) -> Result<Json<BatchSubmitResponse>, ApiError> {
@@ -73,6 +74,8 @@ pub async fn submit_batch(
             format!("must hold 1 to {MAX_BATCH_JOBS} jobs, not {n}"),
         ));
     }
+    // The caller's token (when auth is on), recorded on each new job.
+    let submitter = who.map(|axum::Extension(who)| who.id);
     let mut ids = Vec::with_capacity(n);
     let mut inputs = Vec::with_capacity(n);
     for (i, item) in request.jobs.into_iter().enumerate() {
@@ -104,6 +107,7 @@ pub async fn submit_batch(
             req: app.hub.next_id(),
             id,
             spec,
+            submitter: submitter.clone(),
             existing: None,
         });
     }

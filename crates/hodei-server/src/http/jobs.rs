@@ -17,7 +17,7 @@ use super::schema::{
     WorkerInfoSchema,
 };
 use super::{ApiError, AppState};
-use crate::auth::api::{check_cancel, record_owner};
+use crate::auth::api::check_cancel;
 use crate::auth::{Auth, Principal};
 use crate::store::JobFilter;
 
@@ -50,7 +50,6 @@ pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String
 )]
 pub async fn submit(
     State(app): State<AppState>,
-    auth: Option<Extension<Auth>>,
     who: Option<Extension<Principal>>,
     secrets: Option<Extension<crate::secrets::Secrets>>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
@@ -62,18 +61,21 @@ pub async fn submit(
         secrets.check_known(&spec.secrets).await?;
     }
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // The caller's token (when auth is on) is recorded on a new job, in the
+    // commit that creates it.
+    let submitter = who.map(|Extension(who)| who.id);
     let reply = app
         .hub
         .request(|req| Input::Submit {
             req,
             id,
             spec,
+            submitter,
             existing: None,
         })
         .await?;
     match reply {
         Reply::Submitted { job, created } => {
-            record_owner(auth.as_ref(), who.as_ref(), &job.id, created).await?;
             let status = if created {
                 StatusCode::CREATED
             } else {

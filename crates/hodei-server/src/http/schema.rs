@@ -117,6 +117,9 @@ pub struct JobSchema {
     assigned_at: Option<i64>,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    /// The id of the token that submitted the job; absent when auth is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitter: Option<String>,
 }
 
 /// A job submission. Unknown fields are refused.

@@ -191,6 +191,7 @@ fn full_job() -> Job {
     job.assigned_at = Some(1_001);
     job.started_at = Some(1_002);
     job.finished_at = Some(61_002);
+    job.submitter = Some("tok1".into());
     job
 }
 
@@ -240,10 +241,16 @@ fn serialized_api_values_match_their_schemas() {
     };
     c.check("SubmitResponse", &created, true);
     let page = JobList {
-        jobs: vec![job.clone(), fresh],
+        jobs: vec![job.clone()],
         next_cursor: Some("7".into()),
     };
     c.check("JobList", &page, true);
+    // A job without the optional fields (no `submitter`) in a page.
+    let page = JobList {
+        jobs: vec![job.clone(), fresh],
+        next_cursor: Some("7".into()),
+    };
+    c.check("JobList", &page, false);
     c.check(
         "JobList",
         &JobList {

@@ -2,7 +2,9 @@
 //! without touching the rest. The orchestrator writes only through
 //! [`Store::commit`], one transaction per engine batch; everything else reads.
 
+mod cluster;
 mod listing;
+mod pg_replica;
 mod pg_sql;
 mod postgres;
 mod rows;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 use hodei_core::engine::{WorkerRecord, Writes};
 use hodei_core::{Job, JobState, LogStream, Millis};
 
+pub use cluster::{Cluster, ClusterEvent};
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, open_pool as open_sqlite_pool};
 
@@ -32,11 +35,9 @@ pub enum StoreError {
     )]
     UnsupportedDatabase(String),
     #[error(
-        "another hodei server ({holder}) is using this database; several replicas on one \
-         database are not supported yet"
+        "this replica's lease expired and another replica took over its jobs; \
+         refusing to write until it has rejoined"
     )]
-    LeaseHeld { holder: String },
-    #[error("this server lost the database lease to another server; refusing to write")]
     LeaseLost,
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
@@ -133,6 +134,11 @@ pub trait Store: Send + Sync + 'static {
     async fn read_logs(&self, query: &LogQuery) -> Result<Vec<LogChunk>, StoreError>;
 
     async fn recover(&self) -> Result<Recovery, StoreError>;
+
+    /// The replica machinery when several orchestrators share this store.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
 }
 
 /// Opens the store a server is configured with: PostgreSQL when `database`

@@ -9,23 +9,25 @@
 //! - Reads that must agree with each other (logs of two streams, recovery)
 //!   run in one `REPEATABLE READ` transaction: one snapshot.
 //! - Rows are decoded and checked by [`super::rows`], shared with SQLite.
-//! - One orchestrator writes a database at a time: it holds a lease row
-//!   (`server_lease`), renewed in the background and in every commit's
-//!   transaction; a commit fails if another server took the lease, so a
-//!   server that lost it can never write (fencing). A second server waits
-//!   for an expired lease at start, or fails with a clear error.
+//! - Any number of orchestrators (replicas) share a database: each holds a
+//!   lease row in `replicas`, renewed in the background and in every
+//!   commit's transaction, and every job write is fenced by the row's
+//!   owner (see `cluster.rs` and `pg_replica.rs`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Weak};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use hodei_core::engine::{LogWrite, Writes};
 use hodei_core::{Job, JobState, LogStream, Millis};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
+use sqlx::{Postgres, Row, Transaction};
 
+use super::pg_replica;
 use super::pg_sql::{list_sql, multi_row};
+use super::Cluster;
 use super::rows::{
     corrupt, decode_chunk, finished_from_row, job_from_row, log_end_from_row, state_count_from_row,
     to_i64, worker_from_row,
@@ -37,39 +39,38 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1001;
 const ROWS_PER_INSERT: usize = 64;
-/// How long a lease lasts without renewal, and how often it is renewed.
-const LEASE_SECS: u64 = 10;
-const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
 
-const ACQUIRE_LEASE: &str = "INSERT INTO server_lease (id, holder, expires_at) \
-     VALUES (1, $1, clock_timestamp() + make_interval(secs => $2)) \
-     ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-     WHERE server_lease.holder = excluded.holder OR server_lease.expires_at < clock_timestamp()";
-const RENEW_LEASE: &str = "UPDATE server_lease \
-     SET expires_at = clock_timestamp() + make_interval(secs => $2) WHERE id = 1 AND holder = $1";
-const LEASE_HOLDER: &str = "SELECT holder, \
-     EXTRACT(EPOCH FROM expires_at - clock_timestamp())::FLOAT8 AS left FROM server_lease";
-
-macro_rules! select_jobs {
-    ($rest:literal) => {
-        concat!(
-            "SELECT id, seq, state, attempt, worker, exit_code, signal, reason, cancel_requested, \
-             spec::text AS spec, created_at, assigned_at, started_at, finished_at FROM jobs ",
-            $rest
-        )
+/// The columns a job is decoded from (see `rows::job_from_row`).
+macro_rules! job_columns {
+    () => {
+        "id, seq, state, attempt, worker, exit_code, signal, reason, cancel_requested, \
+         spec::text AS spec, created_at, assigned_at, started_at, finished_at, submitter"
     };
 }
 
+macro_rules! select_jobs {
+    ($rest:literal) => {
+        concat!("SELECT ", job_columns!(), " FROM jobs ", $rest)
+    };
+}
+
+/// `RETURNING` these to decode the rows an `UPDATE` changed.
+pub(super) const RETURNING_JOB: &str = job_columns!();
+
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, exit_code, signal, \
      reason, cancel_requested, name, priority, spec, created_at, assigned_at, started_at, \
-     finished_at) VALUES ";
+     finished_at, submitter, replica) VALUES ";
+/// Columns per job row in `INSERT_JOBS`.
+const JOB_COLS: usize = 18;
 const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
      state = excluded.state, attempt = excluded.attempt, worker = excluded.worker, \
      exit_code = excluded.exit_code, signal = excluded.signal, reason = excluded.reason, \
      cancel_requested = excluded.cancel_requested, name = excluded.name, \
      priority = excluded.priority, spec = excluded.spec, created_at = excluded.created_at, \
      assigned_at = excluded.assigned_at, started_at = excluded.started_at, \
-     finished_at = excluded.finished_at";
+     finished_at = excluded.finished_at, submitter = excluded.submitter, \
+     replica = excluded.replica \
+     WHERE jobs.replica IS NULL OR jobs.replica = ";
 /// Column 12 (the spec) is cast from text to JSONB.
 const JOB_CASTS: &[(usize, &str)] = &[(11, "::jsonb")];
 const INSERT_LOGS: &str = "INSERT INTO log_chunks (job_id, attempt, stream, start_offset, \
@@ -78,8 +79,13 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
      VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
      slots = excluded.slots, last_seen = excluded.last_seen";
 
+/// The fenced upsert: a row another replica owns is left alone; the ids
+/// written are returned. The last parameter is this replica's id.
 static UPSERT_JOBS_SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
-    [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_JOBS, 16, JOB_CASTS, n, UPSERT_JOBS_TAIL))
+    [1, ROWS_PER_INSERT].map(|n| {
+        let tail = format!("{UPSERT_JOBS_TAIL}${} RETURNING id", n * JOB_COLS + 1);
+        multi_row(INSERT_JOBS, JOB_COLS, JOB_CASTS, n, &tail)
+    })
 });
 static INSERT_LOGS_SQL: LazyLock<[String; 2]> =
     LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_LOGS, 7, &[], n, "")));
@@ -87,11 +93,16 @@ static INSERT_LOGS_SQL: LazyLock<[String; 2]> =
 const GET_JOB: &str = select_jobs!("WHERE id = $1");
 const GET_JOBS: &str = select_jobs!("WHERE id = ANY($1) ORDER BY seq");
 const SELECT_JOBS: &str = select_jobs!("");
-const UNFINISHED: &str =
-    select_jobs!("WHERE state IN ('queued', 'assigned', 'running') ORDER BY seq");
+/// Unfinished jobs this replica holds after a start: the shared queue,
+/// its own attempts, and attempts no replica owns (written before replicas).
+const UNFINISHED: &str = select_jobs!(
+    "WHERE state IN ('queued', 'assigned', 'running') \
+     AND (replica IS NULL OR replica = $1) ORDER BY seq"
+);
 const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS end_offset \
      FROM jobs j JOIN log_chunks l ON l.job_id = j.id AND l.attempt = j.attempt \
-     WHERE j.state IN ('queued', 'assigned', 'running') GROUP BY j.id, j.attempt, l.stream";
+     WHERE j.state IN ('queued', 'assigned', 'running') \
+     AND (j.replica IS NULL OR j.replica = $1) GROUP BY j.id, j.attempt, l.stream";
 const READ_STREAM: &str = "SELECT id, stream, start_offset, ts, data FROM log_chunks \
      WHERE job_id = $1 AND attempt = $2 AND stream = $3 AND end_offset > $4 \
      ORDER BY end_offset, id";
@@ -104,19 +115,21 @@ const FINISHED_SINCE: &str = "SELECT (finished_at - $1) / 60000 AS minute, state
 /// The PostgreSQL store. Cloning shares the pool and the lease.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
-    /// Who this server is in `server_lease`.
-    holder: Arc<str>,
+    pub(super) pool: PgPool,
+    /// Who this server is in `replicas` (its lasting `server-id`).
+    pub(super) replica: Arc<str>,
+    /// Its sequence slot (see `hodei_core::engine::replica_seq`).
+    pub(super) slot: Arc<AtomicU16>,
     /// Keeps the lease renewal going while any clone is alive.
     _alive: Arc<()>,
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://user:pass@host:port/db`), brings the
-    /// schema up to date and takes the database's lease as `holder` (a
-    /// lasting id of this server: the same server restarting takes its own
-    /// lease back at once; another waits for it to expire).
-    pub async fn connect(url: &str, holder: &str) -> Result<PgStore, StoreError> {
+    /// schema up to date and registers as replica `replica` (a lasting id
+    /// of this server: the same server restarting gets its own row, slot
+    /// and unfinished jobs back).
+    pub async fn connect(url: &str, replica: &str) -> Result<PgStore, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -124,16 +137,18 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations-postgres").run(&pool).await?;
-        acquire_lease(&pool, holder).await?;
+        let slot = pg_replica::register(&pool, replica, 0).await?;
         let alive = Arc::new(());
-        tokio::spawn(renew_lease(
+        tokio::spawn(pg_replica::renew_lease(
             pool.clone(),
-            holder.to_string(),
+            replica.to_string(),
             Arc::downgrade(&alive),
         ));
+        tracing::info!(replica, slot, "registered as a replica of the database");
         Ok(PgStore {
             pool,
-            holder: holder.into(),
+            replica: replica.into(),
+            slot: Arc::new(AtomicU16::new(slot)),
             _alive: alive,
         })
     }
@@ -152,46 +167,15 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn commit(&self, writes: &Writes) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
+        let lost = super::Cluster::commit_fenced(self, writes).await?;
+        if !lost.is_empty() {
+            tracing::debug!(?lost, "jobs owned by another replica were not written");
         }
-        let mut tx = self.pool.begin().await?;
-        let renewed = sqlx::query(RENEW_LEASE)
-            .bind(&*self.holder)
-            .bind(LEASE_SECS as f64)
-            .execute(&mut *tx)
-            .await?;
-        if renewed.rows_affected() != 1 {
-            return Err(StoreError::LeaseLost);
-        }
-        let jobs: Vec<&Job> = writes.jobs.values().collect();
-        for (sql, group) in batches(&jobs, &UPSERT_JOBS_SQL) {
-            let mut query = sqlx::query(sql);
-            for job in group {
-                query = bind_job(query, job)?;
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for (sql, group) in batches(&writes.logs, &INSERT_LOGS_SQL) {
-            let mut query = sqlx::query(sql);
-            for log in group {
-                query = bind_log(query, log)?;
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for worker in writes.workers.values() {
-            let labels = serde_json::to_string(&worker.labels)
-                .map_err(|e| corrupt(&worker.id, format!("cannot encode worker labels: {e}")))?;
-            sqlx::query(UPSERT_WORKER)
-                .bind(worker.id.as_str())
-                .bind(labels)
-                .bind(i64::from(worker.slots))
-                .bind(worker.last_seen)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         Ok(())
+    }
+
+    fn cluster(&self) -> Option<&dyn super::Cluster> {
+        Some(self)
     }
 
     async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -286,11 +270,16 @@ impl Store for PgStore {
     }
 
     async fn recover(&self) -> Result<Recovery, StoreError> {
+        // Back after an outage in which this replica was swept: it joins
+        // again, with nothing of its own left.
+        let slot = pg_replica::register(&self.pool, &self.replica, self.seq_slot()).await?;
+        self.slot.store(slot, Ordering::Relaxed);
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
         let unfinished = sqlx::query(UNFINISHED)
+            .bind(&*self.replica)
             .fetch_all(&mut *tx)
             .await?
             .iter()
@@ -300,7 +289,11 @@ impl Store for PgStore {
             .iter()
             .map(|job| ((job.id.clone(), job.attempt), [0, 0]))
             .collect();
-        for row in sqlx::query(LOG_ENDS).fetch_all(&mut *tx).await? {
+        for row in sqlx::query(LOG_ENDS)
+            .bind(&*self.replica)
+            .fetch_all(&mut *tx)
+            .await?
+        {
             let (id, attempt, stream, end) = log_end_from_row(&row)?;
             log_ends.entry((id, attempt)).or_default()[stream.index()] = end;
         }
@@ -323,55 +316,49 @@ impl Store for PgStore {
     }
 }
 
-/// Takes the lease, waiting for another holder's lease to expire (it would
-/// have been renewed if that server were alive) for at most one lease.
-async fn acquire_lease(pool: &PgPool, holder: &str) -> Result<(), StoreError> {
-    let deadline = Instant::now() + Duration::from_secs(LEASE_SECS + 2);
-    loop {
-        let taken = sqlx::query(ACQUIRE_LEASE)
-            .bind(holder)
-            .bind(LEASE_SECS as f64)
-            .execute(pool)
+/// Writes a batch's jobs (fenced: see `UPSERT_JOBS_SQL`), their logs and
+/// workers in `tx`. Returns the ids of the jobs written; logs of jobs not
+/// written are dropped (another replica owns them now).
+pub(super) async fn write_jobs_logs_workers(
+    tx: &mut Transaction<'_, Postgres>,
+    writes: &Writes,
+    replica: &str,
+) -> Result<HashSet<String>, StoreError> {
+    let jobs: Vec<&Job> = writes.jobs.values().collect();
+    let mut written = HashSet::with_capacity(jobs.len());
+    for (sql, group) in batches(&jobs, &UPSERT_JOBS_SQL) {
+        let mut query = sqlx::query(sql);
+        for job in group {
+            query = bind_job(query, job, replica)?;
+        }
+        for row in query.bind(replica).fetch_all(&mut **tx).await? {
+            written.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    let logs: Vec<&LogWrite> = writes
+        .logs
+        .iter()
+        .filter(|l| written.contains(&l.job_id) || !writes.jobs.contains_key(&l.job_id))
+        .collect();
+    for (sql, group) in batches(&logs, &INSERT_LOGS_SQL) {
+        let mut query = sqlx::query(sql);
+        for log in group {
+            query = bind_log(query, log)?;
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for worker in writes.workers.values() {
+        let labels = serde_json::to_string(&worker.labels)
+            .map_err(|e| corrupt(&worker.id, format!("cannot encode worker labels: {e}")))?;
+        sqlx::query(UPSERT_WORKER)
+            .bind(worker.id.as_str())
+            .bind(labels)
+            .bind(i64::from(worker.slots))
+            .bind(worker.last_seen)
+            .execute(&mut **tx)
             .await?;
-        if taken.rows_affected() == 1 {
-            return Ok(());
-        }
-        let row = sqlx::query(LEASE_HOLDER).fetch_one(pool).await?;
-        let other: String = row.try_get("holder")?;
-        let left: f64 = row.try_get("left")?;
-        if Instant::now() > deadline {
-            return Err(StoreError::LeaseHeld { holder: other });
-        }
-        tracing::warn!(
-            holder = %other,
-            expires_in_s = format!("{left:.1}"),
-            "another server holds this database's lease; waiting for it to expire"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Renews the lease until the store is dropped. A failed renewal is only
-/// logged: commits renew the lease themselves and fail if it was lost.
-async fn renew_lease(pool: PgPool, holder: String, alive: Weak<()>) {
-    let mut every = tokio::time::interval(LEASE_RENEW_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        if alive.upgrade().is_none() {
-            return;
-        }
-        match sqlx::query(RENEW_LEASE)
-            .bind(&holder)
-            .bind(LEASE_SECS as f64)
-            .execute(&pool)
-            .await
-        {
-            Ok(done) if done.rows_affected() == 1 => {}
-            Ok(_) => tracing::error!("this server lost the database lease to another server"),
-            Err(e) => tracing::warn!(error = %e, "cannot renew the database lease"),
-        }
-    }
+    Ok(written)
 }
 
 fn batches<'a, T>(
@@ -387,7 +374,10 @@ fn batches<'a, T>(
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
-fn bind_job<'q>(query: Query<'q>, job: &'q Job) -> Result<Query<'q>, StoreError> {
+/// Binds a job row; the owner column is `replica` unless the job waits in
+/// the shared queue (owned by no one).
+fn bind_job<'q>(query: Query<'q>, job: &'q Job, replica: &'q str) -> Result<Query<'q>, StoreError> {
+    let owner = (job.state != JobState::Queued).then_some(replica);
     let spec = serde_json::to_string(&job.spec)
         .map_err(|e| corrupt(&job.id, format!("cannot encode spec: {e}")))?;
     Ok(query
@@ -406,10 +396,12 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job) -> Result<Query<'q>, StoreError>
         .bind(job.created_at)
         .bind(job.assigned_at)
         .bind(job.started_at)
-        .bind(job.finished_at))
+        .bind(job.finished_at)
+        .bind(job.submitter.as_deref())
+        .bind(owner))
 }
 
-fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreError> {
+fn bind_log<'q>(query: Query<'q>, log: &&'q LogWrite) -> Result<Query<'q>, StoreError> {
     let end = log.offset.saturating_add(log.data.len() as u64);
     Ok(query
         .bind(log.job_id.as_str())

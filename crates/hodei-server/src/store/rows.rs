@@ -107,6 +107,7 @@ where
         assigned_at: get(row, "assigned_at")?,
         started_at: get(row, "started_at")?,
         finished_at: get(row, "finished_at")?,
+        submitter: get(row, "submitter")?,
     })
 }
 

@@ -42,7 +42,7 @@ macro_rules! select_jobs {
     ($rest:literal) => {
         concat!(
             "SELECT id, seq, state, attempt, worker, exit_code, signal, reason, cancel_requested, \
-             spec, created_at, assigned_at, started_at, finished_at FROM jobs ",
+             spec, created_at, assigned_at, started_at, finished_at, submitter FROM jobs ",
             $rest
         )
     };
@@ -54,14 +54,14 @@ const ROWS_PER_INSERT: usize = 64;
 
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, exit_code, signal, \
      reason, cancel_requested, name, priority, spec, created_at, assigned_at, started_at, \
-     finished_at) VALUES ";
+     finished_at, submitter) VALUES ";
 const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
      state = excluded.state, attempt = excluded.attempt, worker = excluded.worker, \
      exit_code = excluded.exit_code, signal = excluded.signal, reason = excluded.reason, \
      cancel_requested = excluded.cancel_requested, name = excluded.name, \
      priority = excluded.priority, spec = excluded.spec, created_at = excluded.created_at, \
      assigned_at = excluded.assigned_at, started_at = excluded.started_at, \
-     finished_at = excluded.finished_at";
+     finished_at = excluded.finished_at, submitter = excluded.submitter";
 const INSERT_LOGS: &str = "INSERT INTO log_chunks (job_id, attempt, stream, start_offset, \
      end_offset, ts, data) VALUES ";
 const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) \
@@ -71,7 +71,7 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
 /// The insert statements for one row and for [`ROWS_PER_INSERT`] rows, built
 /// once so that each is prepared once per connection.
 static UPSERT_JOBS_SQL: LazyLock<[String; 2]> =
-    LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_JOBS, 16, n, UPSERT_JOBS_TAIL)));
+    LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_JOBS, 17, n, UPSERT_JOBS_TAIL)));
 static INSERT_LOGS_SQL: LazyLock<[String; 2]> =
     LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_LOGS, 7, n, "")));
 
@@ -373,7 +373,8 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job) -> Result<Query<'q>, StoreError>
         .bind(job.created_at)
         .bind(job.assigned_at)
         .bind(job.started_at)
-        .bind(job.finished_at))
+        .bind(job.finished_at)
+        .bind(job.submitter.as_deref()))
 }
 
 fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreError> {
