@@ -1,7 +1,8 @@
 //! The Hodei worker agent: dials the orchestrator over HWP, runs the jobs it
 //! is given, streams their output back and reports how they ended.
 //!
-//! - [`session`]: the connection, reconnects and drain;
+//! - [`session`]: the connection, reconnects and drain; [`servers`]: which
+//!   orchestrator URL (replica) it dials next;
 //! - [`outbox`]: what is owed to the orchestrator (logs, results) until acknowledged;
 //! - [`spool`]: the on-disk log spool behind the outbox; [`recover`]: what a
 //!   restarted agent does with the spool a previous one left;
@@ -18,6 +19,7 @@ pub mod outbox;
 pub mod process;
 pub mod recover;
 pub mod runner;
+pub mod servers;
 pub mod session;
 pub mod spool;
 pub mod tls;

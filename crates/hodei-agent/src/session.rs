@@ -8,6 +8,10 @@
 //! jobs keep running, and the agent redials after a random delay of up to
 //! `reconnect_within_ms` (then with the usual backoff).
 //!
+//! An agent may be given several orchestrator URLs (replicas): it attaches
+//! to one at a time and fails over to the next when a dial fails, a session
+//! drops or the orchestrator shuts down; see [`crate::servers`].
+//!
 //! What is owed to the orchestrator is kept in an on-disk spool
 //! ([`crate::spool`]) that outlives the agent: see [`crate::recover`] for
 //! what a restarted agent does with it.
@@ -19,21 +23,23 @@ use std::time::{Duration, Instant};
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body;
 use hwp_proto::pb::worker_service_client::WorkerServiceClient;
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::docker::{DockerConfig, DockerExecutor};
 use crate::executor::{Executor, now_ms};
 use crate::outbox::Outbox;
 use crate::runner::Runner;
+pub use crate::servers::full_jitter;
+use crate::servers::{Outcome, Rotation, Target};
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Orchestrator URL, e.g. `http://127.0.0.1:50051`.
-    pub server: String,
+    /// Orchestrator URLs, e.g. `http://127.0.0.1:50051`: replicas the agent
+    /// attaches to one at a time, starting with the first, failing over to
+    /// the next ([`crate::servers`]).
+    pub servers: Vec<String>,
     /// Worker id; unique per agent.
     pub name: String,
     pub labels: Vec<String>,
@@ -57,9 +63,10 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// An agent of one orchestrator `server`, named `name`.
     pub fn new(server: impl Into<String>, name: impl Into<String>) -> AgentConfig {
         AgentConfig {
-            server: server.into(),
+            servers: vec![server.into()],
             name: name.into(),
             labels: Vec::new(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -77,6 +84,12 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    /// The same agent with these orchestrator URLs (replicas) instead.
+    pub fn with_servers(mut self, servers: Vec<String>) -> AgentConfig {
+        self.servers = servers;
+        self
+    }
+
     /// Where the log spool is.
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_dir
@@ -111,6 +124,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("no server URL given")]
+    NoServer,
     #[error("invalid server URL {url:?}: {message}")]
     BadUrl { url: String, message: String },
     #[error("cannot create work directory {path}: {source}")]
@@ -181,20 +196,7 @@ pub async fn run(
     executor: Arc<dyn Executor>,
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let endpoint = Endpoint::from_shared(config.server.clone())
-        .map_err(|e| AgentError::BadUrl {
-            url: config.server.clone(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
-    if !crate::tls::is_https(&config.server) && !config.tls.is_empty() {
-        tracing::warn!(server = %config.server, "TLS files given but the server URL is not https://: they are not used");
-    }
-    // Unreadable TLS files stop the agent now; later dials read them again.
-    crate::tls::configure(endpoint.clone(), &config.server, &config.tls).await?;
+    let targets = crate::servers::targets(&config.servers, &config.tls).await?;
     tokio::fs::create_dir_all(&config.work_dir)
         .await
         .map_err(|source| AgentError::WorkDir {
@@ -244,43 +246,34 @@ pub async fn run(
         work_root: config.work_dir.clone(),
         keep_work_dirs: config.keep_work_dirs,
     };
-    let mut failures: u32 = 0;
+    let mut rotation = Rotation::new(targets.len(), config.backoff_min, config.backoff_max);
     loop {
         if *drain.borrow() && outbox.is_empty() {
             return Ok(());
         }
+        let target = &targets[rotation.current() % targets.len()];
         let started = Instant::now();
-        match session(&config, &endpoint, &runner, &mut drain).await {
+        let end = session(&config, target, &runner, &mut drain).await;
+        let outcome = match &end {
             SessionEnd::Done => return Ok(()),
-            SessionEnd::Lost(why) => {
-                tracing::warn!(server = %config.server, reason = %why, "session lost; reconnecting");
-            }
-            SessionEnd::Shutdown(within) => {
-                // Spread the agents' return over the window the server gave.
-                let ms = within.as_millis().min(u64::MAX as u128) as u64;
-                let delay = Duration::from_millis(rand::rng().random_range(0..=ms));
-                tracing::info!(server = %config.server, ?delay, "orchestrator shutting down; reconnecting later");
-                failures = 0;
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        }
-        // A session that lasted a while resets the backoff.
-        failures = if started.elapsed() > Duration::from_secs(10) {
-            0
-        } else {
-            failures.saturating_add(1)
+            SessionEnd::Shutdown(within) => Outcome::Shutdown(*within),
+            // A session that lasted a while resets the backoff.
+            SessionEnd::Lost(_) if started.elapsed() > Duration::from_secs(10) => Outcome::Ended,
+            SessionEnd::Lost(_) => Outcome::Failed,
         };
-        let delay = full_jitter(config.backoff_min, config.backoff_max, failures);
+        let delay = rotation.advance(outcome);
+        let next = &targets[rotation.current() % targets.len()].url;
+        match end {
+            SessionEnd::Shutdown(_) => {
+                tracing::info!(server = %target.url, %next, ?delay, "orchestrator shutting down; reconnecting later");
+            }
+            SessionEnd::Lost(why) => {
+                tracing::warn!(server = %target.url, reason = %why, %next, ?delay, "session lost; reconnecting");
+            }
+            SessionEnd::Done => {}
+        }
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Exponential backoff with full jitter: uniform in [0, min(max, base·2^n)].
-pub fn full_jitter(base: Duration, max: Duration, failures: u32) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << failures.min(16)).min(max);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(0..=ms.max(1)))
 }
 
 fn message(body: Body) -> pb::AgentMessage {
@@ -289,11 +282,11 @@ fn message(body: Body) -> pb::AgentMessage {
 
 async fn session(
     config: &AgentConfig,
-    endpoint: &Endpoint,
+    target: &Target,
     runner: &Runner,
     drain: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let channel = match crate::tls::connect(endpoint, &config.server, &config.tls).await {
+    let channel = match crate::tls::connect(&target.endpoint, &target.url, &config.tls).await {
         Ok(c) => c,
         Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
     };
@@ -345,7 +338,7 @@ async fn session(
         Ok(_) => return SessionEnd::Lost("server did not answer Hello with Welcome".into()),
         Err(status) => return SessionEnd::Lost(format!("attach failed: {}", status.message())),
     };
-    tracing::info!(server = %config.server, worker = %config.name, "attached");
+    tracing::info!(server = %target.url, worker = %config.name, "attached");
     outbox.rewind();
     let sender = tokio::spawn(send_due(outbox.clone(), tx.clone()));
     let beats = tokio::spawn(send_heartbeats(outbox.clone(), tx.clone(), heartbeat));

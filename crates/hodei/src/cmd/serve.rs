@@ -97,9 +97,17 @@ fn raise_nofile() {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Orchestrator URL.
-    #[arg(long, env = "HODEI_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// Orchestrator URL; several (comma-separated or the flag repeated) for
+    /// replicas: the agent attaches to the first and fails over to the next.
+    #[arg(
+        long = "server",
+        env = "HODEI_SERVER",
+        default_value = DEFAULT_SERVER,
+        value_delimiter = ',',
+        num_args = 1,
+        value_name = "URL"
+    )]
+    pub servers: Vec<String>,
     /// Worker name (its id); defaults to the host name.
     #[arg(long)]
     pub name: Option<String>,
@@ -164,7 +172,13 @@ pub fn hostname() -> String {
 impl AgentArgs {
     pub fn config(&self) -> AgentConfig {
         let name = self.name.clone().unwrap_or_else(hostname);
-        let mut config = AgentConfig::new(self.server.clone(), name.clone());
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut config = AgentConfig::new(DEFAULT_SERVER, name.clone()).with_servers(servers);
         config.labels = self.labels.clone();
         if let Some(slots) = self.slots {
             config.slots = slots.max(1);
@@ -195,7 +209,7 @@ impl AgentArgs {
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
     let config = args.config();
-    tracing::info!(server = %config.server, name = %config.name, slots = config.slots, labels = ?config.labels, "hodei agent starting");
+    tracing::info!(servers = ?config.servers, name = %config.name, slots = config.slots, labels = ?config.labels, "hodei agent starting");
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -210,4 +224,33 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
         .context("agent failed")?;
     tracing::info!("agent drained; bye");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn servers(args: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(["hodei", "agent"].iter().chain(args)).expect("parses");
+        let Command::Agent(agent) = cli.command else {
+            panic!("not the agent command")
+        };
+        agent.config().servers
+    }
+
+    #[test]
+    fn the_agent_takes_several_server_urls() {
+        assert_eq!(
+            servers(&[
+                "--server",
+                "http://a:1, http://b:2",
+                "--server",
+                "http://c:3"
+            ]),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(servers(&["--server", "http://a:1"]), ["http://a:1"]);
+    }
 }
