@@ -251,7 +251,7 @@ impl Reactor {
                         .await
                     {
                         Ok(engine) => {
-                            self.engine = engine.with_limits(self.engine.limits().clone());
+                            self.engine = engine.with_limits(*self.engine.limits());
                             crate::metrics::on_store_outage(false);
                             tracing::info!("the store is back; state rebuilt from it");
                             return;

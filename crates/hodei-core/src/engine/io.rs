@@ -64,8 +64,10 @@ pub enum Input {
     /// Jobs this orchestrator takes into memory when several share one
     /// database: queued jobs another replica put in the shared queue, or
     /// attempts it now owns (their agent attached here, or their replica
-    /// died). Nothing is written.
-    Adopt { jobs: Vec<Adopted> },
+    /// died). With `orphans` (their replica died), an attempt that never
+    /// started goes back to the queue: its agent attached elsewhere without
+    /// it, or has not come back. Otherwise nothing is written.
+    Adopt { jobs: Vec<Adopted>, orphans: bool },
     /// Jobs that are no longer this orchestrator's (another replica claimed
     /// or finished them): dropped from memory, nothing written or sent.
     Forget { job_ids: Vec<String> },

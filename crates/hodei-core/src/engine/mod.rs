@@ -257,7 +257,7 @@ impl Engine {
                 totals,
             } => self.result(session, job_id, attempt, outcome, totals, now, out),
             Input::Tick => self.expire_leases(now, out),
-            Input::Adopt { jobs } => self.adopt(jobs, now, out),
+            Input::Adopt { jobs, orphans } => self.adopt(jobs, orphans, now, out),
             Input::Forget { job_ids } => self.forget(&job_ids),
             Input::Shutdown {
                 reconnect_within_ms,

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::{Adopted, Engine, LiveJob, Output, ToAgent};
-use crate::job::{JobState, Millis};
+use crate::job::{JobEvent, JobState, Millis};
 
 /// Slots: sequence numbers of slot `s` are `s` modulo `SLOT_SPACE`.
 pub const SLOT_SPACE: u64 = 4096;
@@ -85,8 +85,9 @@ impl Engine {
     /// A version already in memory is replaced. Finished jobs are dropped.
     /// An adopted attempt's worker, if it is not attached here, gets the
     /// lease grace from `now` to attach.
-    pub(super) fn adopt(&mut self, jobs: Vec<Adopted>, now: Millis, out: &mut Output) {
+    pub(super) fn adopt(&mut self, jobs: Vec<Adopted>, orphans: bool, now: Millis, out: &mut Output) {
         for Adopted { job, stored } in jobs {
+            let requeue = (orphans && job.state == JobState::Assigned).then_some(job.attempt);
             self.drop_live(&job.id);
             if job.state.is_terminal() {
                 continue;
@@ -116,14 +117,19 @@ impl Engine {
                     }
                 }
             }
+            let id = job.id.clone();
             self.jobs.insert(
-                job.id.clone(),
+                id.clone(),
                 LiveJob {
                     job,
                     stored,
                     holders,
                 },
             );
+            if let Some(attempt) = requeue {
+                let reason = "its orchestrator replica stopped before the agent started it".into();
+                let _ = self.apply(&id, JobEvent::Rejected { attempt, reason }, now, out);
+            }
         }
     }
 
@@ -153,7 +159,92 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{EngineConfig, Input};
     use super::*;
+    use crate::job::Job;
+    use crate::spec::JobSpec;
+
+    fn engine_with_worker(slots: u32) -> Engine {
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut out = Output::default();
+        engine.handle(
+            Input::Attach {
+                session: 1,
+                worker_id: "w".into(),
+                labels: vec![],
+                slots,
+                running: vec![],
+            },
+            0,
+            &mut out,
+        );
+        engine
+    }
+
+    fn job(id: &str, seq: u64, state: JobState) -> Adopted {
+        let mut job = Job::new(id.into(), JobSpec::command(["true"]).normalized(), seq, 0);
+        job.state = state;
+        if state != JobState::Queued {
+            job.attempt = 1;
+            job.worker = Some("w".into());
+        }
+        Adopted {
+            job,
+            stored: Default::default(),
+        }
+    }
+
+    fn assigned(out: &Output) -> Vec<String> {
+        out.messages
+            .iter()
+            .filter_map(|(_, m)| match m {
+                ToAgent::Assign { job, .. } => Some(job.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_adopted_queued_job_is_dispatched_and_a_forgotten_one_frees_its_slot() {
+        let mut engine = engine_with_worker(1);
+        let mut out = Output::default();
+        let jobs = vec![job("r", 1, JobState::Running), job("q", 2, JobState::Queued)];
+        engine.handle(Input::Adopt { jobs, orphans: false }, 10, &mut out);
+        engine.end_batch(10, &mut out);
+        assert!(assigned(&out).is_empty(), "the one slot holds the adopted attempt");
+        assert!(out.writes.is_empty(), "adopting writes nothing");
+        assert!(engine.holds_attempt("r", 1, "w"));
+        assert!(engine.is_queued("q"));
+
+        let mut out = Output::default();
+        engine.handle(Input::Forget { job_ids: vec!["r".into()] }, 20, &mut out);
+        engine.end_batch(20, &mut out);
+        assert_eq!(assigned(&out), ["q"]);
+        assert!(!engine.holds_attempt("r", 1, "w"));
+        assert!(engine.needs_lookup("r"));
+    }
+
+    #[test]
+    fn an_orphaned_attempt_that_never_started_is_queued_again() {
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut out = Output::default();
+        let jobs = vec![job("a", 1, JobState::Assigned), job("r", 2, JobState::Running)];
+        engine.handle(Input::Adopt { jobs, orphans: true }, 10, &mut out);
+        assert_eq!(out.writes.jobs["a"].state, JobState::Queued);
+        assert!(!out.writes.jobs.contains_key("r"), "a running attempt waits for its worker");
+        assert!(engine.is_queued("a"));
+    }
+
+    #[test]
+    fn replica_engines_hand_out_their_own_seqs() {
+        let mut a = Engine::new(EngineConfig::default()).with_seq_slot(Some(1));
+        let mut b = Engine::new(EngineConfig::default()).with_seq_slot(Some(2));
+        let now = SEQ_EPOCH_MS + 5;
+        let sa: Vec<u64> = (0..5).map(|_| a.take_seq(now)).collect();
+        let sb: Vec<u64> = (0..5).map(|_| b.take_seq(now)).collect();
+        assert!(sa.windows(2).all(|w| w[0] < w[1]));
+        assert!(sa.iter().all(|s| !sb.contains(s)));
+    }
 
     #[test]
     fn replica_seqs_are_unique_across_slots_and_increasing_within_one() {

@@ -157,7 +157,10 @@ impl Reactor {
         let mut keep = Vec::with_capacity(batch.len());
         for cmd in batch.drain(..) {
             match cmd {
-                Command::Cluster(ClusterCommand::Adopt(jobs)) => first.push(Input::Adopt { jobs }),
+                Command::Cluster(ClusterCommand::Adopt(jobs)) => first.push(Input::Adopt {
+                    jobs,
+                    orphans: true,
+                }),
                 Command::Cluster(ClusterCommand::Event(event)) => match event {
                     ClusterEvent::Queued { from, job_ids } if from != me => {
                         fetch.extend(job_ids.into_iter().filter(|id| self.engine.needs_lookup(id)));
@@ -202,7 +205,10 @@ impl Reactor {
                                 "took over the attempts of an agent that attached here"
                             );
                             let jobs = adopted(store.as_ref(), jobs).await?;
-                            first.push(Input::Adopt { jobs });
+                            first.push(Input::Adopt {
+                                jobs,
+                                orphans: false,
+                            });
                         }
                     }
                     keep.push(cmd);
@@ -220,6 +226,7 @@ impl Reactor {
                                     job,
                                     stored: Default::default(),
                                 }],
+                                orphans: false,
                             });
                             keep.push(cmd);
                         }
@@ -279,7 +286,10 @@ impl Reactor {
             first.push(Input::Forget { job_ids: forget });
         }
         if !adopt.is_empty() {
-            first.push(Input::Adopt { jobs: adopt });
+            first.push(Input::Adopt {
+                jobs: adopt,
+                orphans: false,
+            });
         }
         Ok(first)
     }
