@@ -33,6 +33,10 @@ async fn create_db(pg: &'static pg_harness::PgServer) -> String {
 
 /// Starts `n` replicas on `url`, each with its own data directory.
 fn replicas(n: usize, url: &str, dir: &Path) -> Vec<ServerProc> {
+    replicas_with_grace(n, url, dir, "20s")
+}
+
+fn replicas_with_grace(n: usize, url: &str, dir: &Path, grace: &str) -> Vec<ServerProc> {
     (0..n)
         .map(|i| {
             ServerProc::start(
@@ -43,7 +47,7 @@ fn replicas(n: usize, url: &str, dir: &Path) -> Vec<ServerProc> {
                     "--heartbeat-interval",
                     "1s",
                     "--lease-grace",
-                    "20s",
+                    grace,
                 ],
             )
         })
@@ -142,19 +146,20 @@ async fn three_replicas_run_every_job_once_through_a_replica_kill() {
     })
     .await;
 
-    // 1,000 jobs, submitted round robin to the three replicas.
+    // 1,000 jobs, submitted round robin to the three replicas in batches
+    // of 50, so that most are still queued or running at the kill.
     const JOBS: usize = 1000;
     let clients: Vec<_> = servers.iter().map(|s| s.client()).collect();
     let started = Instant::now();
     let mut ids = HashMap::new();
-    for i in 0..JOBS {
-        let name = format!("j{i:04}");
-        let job = clients[i % 3]
-            .submit(&counted_job(&runs, &name, 3, "0.05"))
-            .await
-            .expect("submit")
-            .job;
-        ids.insert(job.id, name);
+    for (b, batch) in (0..JOBS).collect::<Vec<_>>().chunks(50).enumerate() {
+        let jobs: Vec<_> = batch
+            .iter()
+            .map(|i| counted_job(&runs, &format!("j{i:04}"), 3, "0.05"))
+            .collect();
+        let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        let reply = clients[b % 3].submit_batch(jobs).await.expect("submit");
+        ids.extend(reply.ids.into_iter().zip(names));
     }
     println!("submitted {JOBS} jobs in {:?}", started.elapsed());
 
@@ -162,6 +167,12 @@ async fn three_replicas_run_every_job_once_through_a_replica_kill() {
     wait_finished(&clients[1], JOBS * 3 / 10, Duration::from_secs(120)).await;
     let killed = Instant::now();
     servers[0].kill();
+    let in_flight = clients[1].stats().await.expect("stats");
+    println!(
+        "killed replica 0 with {} jobs queued and {} on workers",
+        in_flight.queue_depth, in_flight.running
+    );
+    assert!(in_flight.queue_depth + in_flight.running > 100, "{in_flight:?}");
     let rest: Vec<&ServerProc> = servers[1..].iter().collect();
     wait_for(Duration::from_secs(60), "agents to fail over", || async {
         (ready_workers(&rest).await + busy_workers(&rest).await == 6).then_some(())
@@ -353,4 +364,67 @@ async fn replicas_recover_from_a_postgres_restart_without_losing_anything() {
     for s in &servers {
         assert!(alive(s.pid()), "replicas survive the restart");
     }
+}
+
+#[tokio::test]
+async fn the_jobs_of_a_dead_replica_whose_agent_is_gone_are_swept_and_retried() {
+    let url = create_db(pg_harness::shared()).await;
+    let dir = tempdir();
+    let mut servers = replicas_with_grace(2, &url, dir.path(), "3s");
+    let work = tempdir();
+    let runs = work.path().join("runs");
+    std::fs::create_dir_all(&runs).expect("runs dir");
+    // Agent A knows only replica 0 and is the only one with label `a`.
+    let mut agent_a = AgentProc::start(
+        &servers[0].url,
+        "sweep-a",
+        &work.path().join("a"),
+        &["--labels", "a"],
+    );
+    wait_workers_ready(&servers[0].client(), 1).await;
+    let mut request = counted_job(&runs, "swept", 10, "0.2");
+    request.labels = vec!["a".into()];
+    request.max_retries = 1;
+    let job = servers[1].client().submit(&request).await.expect("submit").job;
+    let client = servers[1].client();
+    wait_for(Duration::from_secs(30), "two lines from agent A", || async {
+        let log = client
+            .logs(&job.id, Some(hodei_core::LogStream::Stdout))
+            .await
+            .ok()?;
+        log.starts_with(b"swept-1\nswept-2\n").then_some(())
+    })
+    .await;
+
+    // Replica 0 and agent A die together.
+    let killed = Instant::now();
+    servers[0].kill();
+    agent_a.kill();
+    // Agent B, which may run it, attaches to replica 1.
+    let _agent_b = AgentProc::start(
+        &servers[1].url,
+        "sweep-b",
+        &work.path().join("b"),
+        &["--labels", "a"],
+    );
+    // Replica 1 sweeps replica 0 once its lease expired (10 s), waits out
+    // the worker's grace (3 s), and retries the attempt on agent B.
+    let done = wait_for(Duration::from_secs(90), "the job to finish", || async {
+        let j = client.job(&job.id).await.ok()?;
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    println!("retried and finished {:?} after the kill", killed.elapsed());
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.reason);
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.worker.as_deref(), Some("sweep-b"));
+    let lost = client
+        .attempt_logs(&job.id, Some(hodei_core::LogStream::Stdout), Some(1))
+        .await
+        .expect("attempt 1 log");
+    assert!(
+        lost.starts_with(b"swept-1\nswept-2\n"),
+        "the first attempt's log is kept: {:?}",
+        String::from_utf8_lossy(&lost)
+    );
 }
