@@ -135,10 +135,12 @@ impl Server {
             .await?
             .with_limits(config.limits);
         let (hub, reactor) = reactor::start(engine, store.clone());
+        // With PostgreSQL, tokens and secrets are shared by every replica.
+        let pg = store.pg_pool();
         let (auth, bootstrap) =
-            crate::auth::Auth::open(&config.data_dir, config.auth.clone()).await?;
+            crate::auth::Auth::open(&config.data_dir, config.auth.clone(), pg.clone()).await?;
         auth.sessions().set_secure(tls.is_some());
-        let secrets = crate::secrets::Secrets::open(&config.data_dir, &config.secrets).await?;
+        let secrets = crate::secrets::Secrets::open(&config.data_dir, &config.secrets, pg).await?;
         let grpc = HwpService::new(
             hub.clone(),
             store.clone(),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hodei_core::engine::{LogWrite, WorkerRecord, Writes};
 use hodei_core::{Job, JobSpec, JobState, LogStream};
-use hodei_server::store::{JobFilter, LogQuery, PgStore, SqliteStore, Store, StoreError};
+use hodei_server::store::{JobFilter, LogQuery, SqliteStore, Store, StoreError};
 use support::{Backend, TestDb};
 use tempfile::TempDir;
 

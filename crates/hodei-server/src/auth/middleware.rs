@@ -38,11 +38,9 @@ fn bearer(req: &Request) -> Option<Result<&str, Refusal>> {
     }))
 }
 
-/// Who is calling, if anyone.
+/// Who is calling, if anyone: a bearer token (verified by the caller, as
+/// that may read the store), else a session cookie or a certificate.
 fn principal(auth: &Auth, req: &Request) -> Result<Principal, Refusal> {
-    if let Some(token) = bearer(req) {
-        return auth.verify(token?);
-    }
     if let Some(found) = session::from_cookie(auth, req.headers()) {
         return found;
     }
@@ -83,7 +81,14 @@ pub async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next
         return next.run(req).await;
     }
     let grpc = is_grpc(&req);
-    let who = match principal(&auth, &req) {
+    // Owned: the request is not held across the await.
+    let token = bearer(&req).map(|t| t.map(str::to_string));
+    let found = match token {
+        Some(Ok(token)) => auth.verify(&token).await,
+        Some(Err(refusal)) => Err(refusal),
+        None => principal(&auth, &req),
+    };
+    let who = match found {
         Ok(p) => p,
         Err(refusal) => {
             tracing::warn!(%method, %path, reason = %refusal, "request refused: not authenticated");

@@ -9,13 +9,22 @@
 //!   that authenticates the request and checks the role the route table
 //!   ([`hodei_core::auth::need_of`]) asks for;
 //! - [`api`]: `/api/v1/tokens`; [`session`]: the dashboard's login, session
-//!   cookie and CSRF check.
+//!   cookie and CSRF check; `bootstrap`: the first start's tokens;
+//!   `follow`: other replicas' token changes.
+//!
+//! With PostgreSQL, tokens and bindings live in the database every replica
+//! shares: a token created or revoked on one replica is announced to the
+//! others, which refresh their cache, and a token not in the cache yet is
+//! looked up in the database. Dashboard sessions stay with the replica
+//! that signed in.
 //!
 //! The decisions are plain functions in [`hodei_core::auth`]. A token's
 //! secret is never logged or stored: only its id and the SHA-256 of its
 //! secret are.
 
 pub mod api;
+mod bootstrap;
+mod follow;
 pub mod middleware;
 pub mod session;
 mod store;
@@ -29,15 +38,15 @@ use hodei_core::auth::{
     Binding, Bucket, Refusal, Role, RouteOptions, TOKEN_ID_LEN, TOKEN_SECRET_LEN, TokenInfo, ct_eq,
     parse_token, token_state,
 };
+use sqlx::postgres::PgPool;
 
 use crate::reactor::now_ms;
 use crate::store::{Store, StoreError};
+pub(crate) use bootstrap::random_secret;
+use bootstrap::sha256;
+pub use bootstrap::{ADMIN_TOKEN_FILE, AGENT_TOKEN_FILE, Bootstrap, read_token_file};
+use follow::merge;
 pub use store::{AuthStore, TokenRow};
-
-/// File in the data directory holding the bootstrap admin token (0600).
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-/// File in the data directory holding the bootstrap agent join token (0600).
-pub const AGENT_TOKEN_FILE: &str = "agent.token";
 
 /// Settings of authentication and of the limits tied to credentials.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,13 +137,6 @@ impl From<&TokenRow> for TokenInfo {
     }
 }
 
-/// The bootstrap tokens created at a first start.
-#[derive(Clone)]
-pub struct Bootstrap {
-    /// The admin token, to print once (`None` when provisioned by config).
-    pub print_admin: Option<String>,
-}
-
 struct Inner {
     store: AuthStore,
     config: AuthConfig,
@@ -144,88 +146,42 @@ struct Inner {
     buckets: Mutex<HashMap<String, Bucket>>,
     sessions_open: Mutex<HashMap<String, usize>>,
     dashboard: session::Sessions,
+    lookups: tokio::sync::Semaphore,
 }
 
 /// The orchestrator's credentials and what they may do. Cloning shares it.
 #[derive(Clone)]
 pub struct Auth(Arc<Inner>);
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
-}
-
-/// `n` random lowercase alphanumerics from the system's secure generator.
-fn random_alnum(n: usize) -> String {
-    use ring::rand::SecureRandom;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let rng = ring::rand::SystemRandom::new();
-    let mut out = String::with_capacity(n);
-    let mut buf = [0u8; 64];
-    while out.len() < n {
-        if rng.fill(&mut buf).is_err() {
-            // The OS generator failing is not recoverable: no weak fallback.
-            panic!("the system random number generator failed");
-        }
-        for b in buf {
-            // 252 = 7 × 36: rejection sampling keeps the choice uniform.
-            if b < 252 && out.len() < n {
-                out.push(ALPHABET[(b % 36) as usize] as char);
-            }
-        }
-    }
-    out
-}
-
-/// A new random secret (session ids, CSRF tokens).
-pub(crate) fn random_secret() -> String {
-    random_alnum(TOKEN_SECRET_LEN)
-}
-
-async fn write_secret_file(path: &Path, token: &str) -> Result<(), AuthError> {
-    use tokio::io::AsyncWriteExt;
-    let err = |source| AuthError::File {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut options = tokio::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path).await.map_err(err)?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .await
-        .map_err(err)?;
-    file.sync_all().await.map_err(err)?;
-    Ok(())
-}
-
-/// Reads a token file (first line), if there is one.
-pub fn read_token_file(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
-        .filter(|s| !s.is_empty())
-}
-
 impl Auth {
-    /// Opens the auth state in `data_dir`; at the first start (no token at
-    /// all) creates an admin and an agent join token and writes them, 0600,
-    /// to [`ADMIN_TOKEN_FILE`] and [`AGENT_TOKEN_FILE`].
+    /// Opens the auth state: in `data_dir`'s SQLite database, or in the
+    /// PostgreSQL database of `pg` (shared by every replica, whose changes
+    /// are then followed). At the first start (no token at all) creates an
+    /// admin and an agent join token and writes them, 0600, to
+    /// [`ADMIN_TOKEN_FILE`] and [`AGENT_TOKEN_FILE`] in `data_dir`.
     pub async fn open(
         data_dir: &Path,
         config: AuthConfig,
+        pg: Option<PgPool>,
     ) -> Result<(Auth, Option<Bootstrap>), AuthError> {
-        let store = AuthStore::open(data_dir).await?;
+        let store = match pg {
+            Some(pool) => AuthStore::postgres(pool),
+            None => AuthStore::open(data_dir).await?,
+        };
+        // Listening first: nothing committed after the tokens are read is
+        // missed.
+        let events = store.listen().await?;
+        let bootstrap = bootstrap::first_start(&store, &config, data_dir).await?;
         let tokens: HashMap<String, TokenRow> = store
             .tokens()
             .await?
             .into_iter()
             .map(|t| (t.id.clone(), t))
             .collect();
+        if bootstrap.is_none() {
+            bootstrap::check_provisioned(&config, &tokens);
+        }
         let bindings = store.bindings().await?.into_iter().collect();
-        let first_start = tokens.is_empty();
         let auth = Auth(Arc::new(Inner {
             store,
             data_dir: data_dir.to_path_buf(),
@@ -234,33 +190,13 @@ impl Auth {
             buckets: Mutex::new(HashMap::new()),
             sessions_open: Mutex::new(HashMap::new()),
             dashboard: session::Sessions::default(),
+            lookups: tokio::sync::Semaphore::new(follow::MAX_LOOKUPS),
             config,
         }));
-        if !first_start {
-            return Ok((auth, None));
+        if let Some(events) = events {
+            tokio::spawn(follow::follow(Arc::downgrade(&auth.0), events));
         }
-        let provisioned = auth.0.config.bootstrap_admin.clone();
-        let admin = auth
-            .create_with(Role::Admin, "bootstrap-admin", None, provisioned.clone())
-            .await?;
-        let agent_value = auth.0.config.bootstrap_agent.clone();
-        let agent = auth
-            .create_with(Role::Agent, "bootstrap-agent", None, agent_value)
-            .await?;
-        write_secret_file(&data_dir.join(ADMIN_TOKEN_FILE), &admin.1).await?;
-        write_secret_file(&data_dir.join(AGENT_TOKEN_FILE), &agent.1).await?;
-        tracing::info!(
-            admin = %admin.0.id,
-            agent = %agent.0.id,
-            dir = %data_dir.display(),
-            "first start: created an admin token and an agent join token (secrets in {ADMIN_TOKEN_FILE} and {AGENT_TOKEN_FILE}, mode 0600)"
-        );
-        Ok((
-            auth,
-            Some(Bootstrap {
-                print_admin: provisioned.is_none().then_some(admin.1),
-            }),
-        ))
+        Ok((auth, bootstrap))
     }
 
     pub fn config(&self) -> &AuthConfig {
@@ -294,37 +230,13 @@ impl Auth {
         name: &str,
         expires_at: Option<Millis>,
     ) -> Result<(TokenInfo, String), AuthError> {
-        self.create_with(role, name, expires_at, None).await
-    }
-
-    async fn create_with(
-        &self,
-        role: Role,
-        name: &str,
-        expires_at: Option<Millis>,
-        value: Option<String>,
-    ) -> Result<(TokenInfo, String), AuthError> {
-        let (id, secret) = match &value {
-            Some(v) => {
-                let parts = parse_token(v).ok_or(AuthError::BadBootstrap)?;
-                (parts.id.to_string(), parts.secret.to_string())
-            }
-            None => (random_alnum(TOKEN_ID_LEN), random_alnum(TOKEN_SECRET_LEN)),
-        };
-        let row = TokenRow {
-            id: id.clone(),
-            name: name.to_string(),
-            role,
-            secret_sha256: sha256(secret.as_bytes()),
-            created_at: now_ms(),
-            expires_at,
-            revoked_at: None,
-        };
+        let (row, value) = bootstrap::new_token(role, name, expires_at, None)?;
         self.0.store.insert_token(&row).await?;
         let info = TokenInfo::from(&row);
-        self.lock_tokens().insert(id.clone(), row);
+        let id = row.id.clone();
+        merge(&mut self.lock_tokens(), row);
         tracing::info!(token = %id, %role, name, "token created");
-        Ok((info, format!("hodei_{id}_{secret}")))
+        Ok((info, value))
     }
 
     fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenRow>> {
@@ -339,6 +251,10 @@ impl Auth {
 
     /// Revokes a token (durably, then in memory); `None` if unknown.
     pub async fn revoke(&self, id: &str) -> Result<Option<TokenInfo>, AuthError> {
+        if !self.lock_tokens().contains_key(id) && self.0.store.is_shared() {
+            // Created on another replica a moment ago?
+            self.refresh(id).await?;
+        }
         if !self.lock_tokens().contains_key(id) {
             return Ok(None);
         }
@@ -354,7 +270,19 @@ impl Auth {
     }
 
     /// Checks a presented token; the secret is compared in constant time.
-    pub fn verify(&self, token: &str) -> Result<Principal, Refusal> {
+    /// With replicas, a token not in the cache is looked up in the
+    /// database (another replica may have created it a moment ago).
+    pub async fn verify(&self, token: &str) -> Result<Principal, Refusal> {
+        match self.verify_cached(token) {
+            Err(Refusal::Unknown(id)) if self.0.store.is_shared() => {
+                self.look_up(&id).await?;
+                self.verify_cached(token)
+            }
+            checked => checked,
+        }
+    }
+
+    fn verify_cached(&self, token: &str) -> Result<Principal, Refusal> {
         let parts = parse_token(token).ok_or(Refusal::Malformed)?;
         let tokens = self.lock_tokens();
         let row = tokens
@@ -403,23 +331,37 @@ impl Auth {
             .take(c.submit_rate, burst, now)
     }
 
-    /// Binds `worker_id` to `identity` at its first claim (durably); a
-    /// claim by another identity is refused.
+    /// Binds `worker_id` to `identity` at its first claim (durably; with
+    /// replicas the database decides which claim was first); a claim by
+    /// another identity is refused.
     pub async fn bind_worker(&self, worker_id: &str, identity: &str) -> Result<(), BindError> {
         let mut bindings = self.0.bindings.lock().await;
         match hodei_core::auth::bind_worker(bindings.get(worker_id).map(String::as_str), identity) {
             Binding::Same => Ok(()),
             Binding::Conflict => Err(BindError::Conflict),
             Binding::New => {
-                self.0.store.bind(worker_id, identity, now_ms()).await?;
-                bindings.insert(worker_id.to_string(), identity.to_string());
-                Ok(())
+                let bound = self.0.store.bind(worker_id, identity, now_ms()).await?;
+                let same = bound == identity;
+                bindings.insert(worker_id.to_string(), bound);
+                if same {
+                    Ok(())
+                } else {
+                    Err(BindError::Conflict)
+                }
             }
         }
     }
 
-    /// The worker ids bound to `identity`.
+    /// The worker ids bound to `identity` (with replicas, by any of them).
     pub async fn workers_of(&self, identity: &str) -> Vec<String> {
+        if self.0.store.is_shared() {
+            match self.0.store.workers_of(identity).await {
+                Ok(workers) => return workers,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read worker bindings; using this replica's")
+                }
+            }
+        }
         let bindings = self.0.bindings.lock().await;
         bindings
             .iter()

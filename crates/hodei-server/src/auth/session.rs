@@ -247,7 +247,7 @@ pub async fn login(auth: Option<Extension<Auth>>, body: axum::body::Bytes) -> Re
         return login_page(StatusCode::SERVICE_UNAVAILABLE, next, None);
     };
     let token = field("token").unwrap_or("").trim();
-    let principal = match auth.verify(token) {
+    let principal = match auth.verify(token).await {
         Ok(p) if p.role != Role::Agent => p,
         Ok(p) => {
             tracing::warn!(token = %p.id, "dashboard sign-in refused: agent tokens cannot sign in");

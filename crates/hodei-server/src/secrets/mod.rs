@@ -1,7 +1,9 @@
 //! Secrets: named values that jobs get as environment variables on the
 //! agent, stored encrypted in the data directory's SQLite database
-//! (`hodei.db`, table `secrets`, migration `0004_secrets.sql`; kept there
-//! even when jobs live in PostgreSQL, like the auth tables).
+//! (`hodei.db`, table `secrets`, migration `0004_secrets.sql`) or, when
+//! jobs live in PostgreSQL, in that database, shared by every replica
+//! (which must then all have the same key: a replica whose key cannot open
+//! the stored values refuses to start).
 //!
 //! - [`crypto`]: the key file and AES-256-GCM sealing.
 //! - [`Secrets`]: set, list (names only), delete, resolve; key rotation at
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use hodei_core::Millis;
 use hodei_core::mask::{validate_secret_name, validate_secret_value};
-use sqlx::sqlite::SqlitePool;
+use sqlx::postgres::PgPool;
 
 pub use hodei_core::api::SecretInfo;
 
@@ -48,6 +50,13 @@ pub enum SecretsError {
     KeyFile { path: String, message: String },
     #[error("secrets: {0}")]
     Crypto(String),
+    #[error(
+        "secrets {secrets} in the shared database are sealed with a key this replica does not \
+         have (this replica's key is {key_id}): every replica must use the same secrets key; give \
+         each the same --secrets-key-file (and, to rotate keys, the previous key as \
+         --secrets-old-key-file)"
+    )]
+    OtherKey { key_id: String, secrets: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("invalid {field}: {message}")]
@@ -70,7 +79,7 @@ pub struct Secrets {
 }
 
 struct Inner {
-    pool: SqlitePool,
+    pool: store::Db,
     key: SecretsKey,
 }
 
@@ -81,9 +90,16 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Loads (or makes) the key, opens the table and re-encrypts secrets
-    /// sealed with one of `config.old_key_files`.
-    pub async fn open(data_dir: &Path, config: &SecretsConfig) -> Result<Secrets, SecretsError> {
+    /// Loads (or makes) the key, opens the table (in `data_dir`'s SQLite
+    /// database, or in the PostgreSQL database of `pg`, shared by every
+    /// replica) and re-encrypts secrets sealed with one of
+    /// `config.old_key_files`. On PostgreSQL, fails when secrets are sealed
+    /// with a key this replica does not have.
+    pub async fn open(
+        data_dir: &Path,
+        config: &SecretsConfig,
+        pg: Option<PgPool>,
+    ) -> Result<Secrets, SecretsError> {
         let (dir, cfg) = (data_dir.to_path_buf(), config.clone());
         let (key, old) = tokio::task::spawn_blocking(move || {
             let (key, path) = crypto::load_or_create(cfg.key_file.as_deref(), &dir)?;
@@ -97,7 +113,10 @@ impl Secrets {
         })
         .await
         .map_err(|e| SecretsError::Crypto(format!("loading the key failed: {e}")))??;
-        let pool = store::open(data_dir).await?;
+        let pool = match pg {
+            Some(pool) => store::Db::Postgres(pool),
+            None => store::open(data_dir).await?,
+        };
         let secrets = Secrets {
             inner: Arc::new(Inner { pool, key }),
         };
@@ -111,8 +130,9 @@ impl Secrets {
     }
 
     /// Re-encrypts every secret sealed with one of `old` under the current
-    /// key, in one transaction; warns about secrets sealed with a key that
-    /// is neither.
+    /// key, in one transaction; secrets sealed with a key that is neither
+    /// are an error on PostgreSQL (replicas with different keys), a warning
+    /// on SQLite.
     async fn rotate(&self, old: &[SecretsKey]) -> Result<(), SecretsError> {
         let key = &self.inner.key;
         let rows = store::sealed_with_other_keys(&self.inner.pool, key.id()).await?;
@@ -126,6 +146,13 @@ impl Secrets {
                 }
                 None => unknown.push(format!("{} (key {})", row.name, row.key_id)),
             }
+        }
+        // Checked before anything changes.
+        if !unknown.is_empty() && matches!(self.inner.pool, store::Db::Postgres(_)) {
+            return Err(SecretsError::OtherKey {
+                key_id: key.id().to_string(),
+                secrets: unknown.join(", "),
+            });
         }
         if !updates.is_empty() {
             let n = updates.len();
@@ -217,8 +244,14 @@ impl Secrets {
                 ));
             };
             if row.key_id != key.id() {
+                let hint = match self.inner.pool {
+                    store::Db::Postgres(_) => {
+                        " (every replica must have the same --secrets-key-file)"
+                    }
+                    store::Db::Sqlite(_) => "",
+                };
                 return Err(format!(
-                    "secret {name} is sealed with key {}, which this orchestrator does not have",
+                    "secret {name} is sealed with key {}, which this orchestrator does not have{hint}",
                     row.key_id
                 ));
             }

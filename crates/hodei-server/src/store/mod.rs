@@ -139,6 +139,12 @@ pub trait Store: Send + Sync + 'static {
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }
+
+    /// The PostgreSQL pool, when the store is PostgreSQL: tokens and
+    /// secrets then live in the same database, shared by every replica.
+    fn pg_pool(&self) -> Option<sqlx::PgPool> {
+        None
+    }
 }
 
 /// Opens the store a server is configured with: PostgreSQL when `database`

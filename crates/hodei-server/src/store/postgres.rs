@@ -178,6 +178,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn pg_pool(&self) -> Option<PgPool> {
+        Some(self.pool.clone())
+    }
+
     async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let row = sqlx::query(GET_JOB)
             .bind(id)
