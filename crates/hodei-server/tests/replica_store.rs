@@ -51,7 +51,11 @@ async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<ClusterEvent>) -> Clust
 #[tokio::test]
 async fn two_replicas_never_both_claim_a_job() {
     let (_db, a, b) = two_replicas().await;
-    assert_ne!(a.seq_slot(), b.seq_slot(), "slots keep sequence numbers apart");
+    assert_ne!(
+        a.seq_slot(),
+        b.seq_slot(),
+        "slots keep sequence numbers apart"
+    );
     let mut events = b.listen().await.expect("listen");
 
     a.commit_fenced(&writes([job("j", 1, JobState::Queued, None)]))
@@ -107,8 +111,10 @@ async fn a_dead_replica_is_swept_and_fenced() {
     // Nothing is swept while a renews its lease.
     assert!(b.sweep().await.expect("sweep").is_empty());
     // a stops renewing (as if killed): its lease runs out.
-    db.raw_sql("UPDATE replicas SET expires_at = now() - interval '1 second' WHERE id = 'replica-a'")
-        .await;
+    db.raw_sql(
+        "UPDATE replicas SET expires_at = now() - interval '1 second' WHERE id = 'replica-a'",
+    )
+    .await;
     let taken = b.sweep().await.expect("sweep");
     let ids: Vec<&str> = taken.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["r1"], "only unfinished attempts; the queue is shared");
@@ -181,7 +187,17 @@ async fn an_agent_attaching_elsewhere_hands_over_its_attempts_and_cancels_travel
     );
     let mut done = job("r", 1, JobState::Cancelled, Some("w"));
     done.cancel_requested = true;
-    assert!(b.commit_fenced(&writes([done])).await.expect("b").is_empty());
+    assert!(
+        b.commit_fenced(&writes([done]))
+            .await
+            .expect("b")
+            .is_empty()
+    );
     // A finished job can't be cancelled through anyone.
-    assert!(b.request_cancel("r", "again").await.expect("cancel").is_none());
+    assert!(
+        b.request_cancel("r", "again")
+            .await
+            .expect("cancel")
+            .is_none()
+    );
 }

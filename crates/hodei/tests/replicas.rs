@@ -97,7 +97,12 @@ async fn assert_each_ran_once(
         let job = client.job(id).await.expect("job");
         assert_eq!(job.state, JobState::Succeeded, "{name}: {:?}", job.reason);
         let count = std::fs::read_to_string(runs.join(name)).unwrap_or_default();
-        assert_eq!(count.lines().count(), 1, "{name} ran {} times", count.lines().count());
+        assert_eq!(
+            count.lines().count(),
+            1,
+            "{name} ran {} times",
+            count.lines().count()
+        );
         let log = client
             .logs(id, Some(hodei_core::LogStream::Stdout))
             .await
@@ -172,13 +177,19 @@ async fn three_replicas_run_every_job_once_through_a_replica_kill() {
         "killed replica 0 with {} jobs queued and {} on workers",
         in_flight.queue_depth, in_flight.running
     );
-    assert!(in_flight.queue_depth + in_flight.running > 100, "{in_flight:?}");
+    assert!(
+        in_flight.queue_depth + in_flight.running > 100,
+        "{in_flight:?}"
+    );
     let rest: Vec<&ServerProc> = servers[1..].iter().collect();
     wait_for(Duration::from_secs(60), "agents to fail over", || async {
         (ready_workers(&rest).await + busy_workers(&rest).await == 6).then_some(())
     })
     .await;
-    println!("all 6 agents attached to the other replicas {:?} after the kill", killed.elapsed());
+    println!(
+        "all 6 agents attached to the other replicas {:?} after the kill",
+        killed.elapsed()
+    );
 
     wait_finished(&clients[1], JOBS, Duration::from_secs(300)).await;
     let elapsed = started.elapsed();
@@ -228,7 +239,10 @@ async fn a_job_submitted_on_one_replica_runs_on_another_and_is_followed_and_canc
         .expect("submit")
         .job;
     let done = servers[2].client().wait(&quick.id).await.expect("wait");
-    println!("submit on replica 0 → result seen on replica 2: {:?}", submitted.elapsed());
+    println!(
+        "submit on replica 0 → result seen on replica 2: {:?}",
+        submitted.elapsed()
+    );
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.reason);
     assert_eq!(done.worker.as_deref(), Some("pinned-w"));
 
@@ -290,9 +304,11 @@ async fn a_job_submitted_on_one_replica_runs_on_another_and_is_followed_and_canc
     println!("follow ended: {end:?}");
     let job = servers[0].client().job(&long.id).await.expect("job");
     assert_eq!(job.state, JobState::Cancelled, "{:?}", job.reason);
-    wait_for(Duration::from_secs(10), "the job's process to be gone", || async {
-        (!alive(pid)).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the job's process to be gone",
+        || async { (!alive(pid)).then_some(()) },
+    )
     .await;
 }
 
@@ -385,15 +401,24 @@ async fn the_jobs_of_a_dead_replica_whose_agent_is_gone_are_swept_and_retried() 
     let mut request = counted_job(&runs, "swept", 10, "0.2");
     request.labels = vec!["a".into()];
     request.max_retries = 1;
-    let job = servers[1].client().submit(&request).await.expect("submit").job;
+    let job = servers[1]
+        .client()
+        .submit(&request)
+        .await
+        .expect("submit")
+        .job;
     let client = servers[1].client();
-    wait_for(Duration::from_secs(30), "two lines from agent A", || async {
-        let log = client
-            .logs(&job.id, Some(hodei_core::LogStream::Stdout))
-            .await
-            .ok()?;
-        log.starts_with(b"swept-1\nswept-2\n").then_some(())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "two lines from agent A",
+        || async {
+            let log = client
+                .logs(&job.id, Some(hodei_core::LogStream::Stdout))
+                .await
+                .ok()?;
+            log.starts_with(b"swept-1\nswept-2\n").then_some(())
+        },
+    )
     .await;
 
     // Replica 0 and agent A die together.

@@ -67,10 +67,15 @@ pub enum Input {
     /// died). With `orphans` (their replica died), an attempt that never
     /// started goes back to the queue: its agent attached elsewhere without
     /// it, or has not come back. Otherwise nothing is written.
-    Adopt { jobs: Vec<Adopted>, orphans: bool },
+    Adopt {
+        jobs: Vec<Adopted>,
+        orphans: bool,
+    },
     /// Jobs that are no longer this orchestrator's (another replica claimed
     /// or finished them): dropped from memory, nothing written or sent.
-    Forget { job_ids: Vec<String> },
+    Forget {
+        job_ids: Vec<String>,
+    },
     /// A user cancels a job; `existing` as for `Submit`.
     Cancel {
         req: RequestId,

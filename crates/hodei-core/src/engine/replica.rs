@@ -85,7 +85,13 @@ impl Engine {
     /// A version already in memory is replaced. Finished jobs are dropped.
     /// An adopted attempt's worker, if it is not attached here, gets the
     /// lease grace from `now` to attach.
-    pub(super) fn adopt(&mut self, jobs: Vec<Adopted>, orphans: bool, now: Millis, out: &mut Output) {
+    pub(super) fn adopt(
+        &mut self,
+        jobs: Vec<Adopted>,
+        orphans: bool,
+        now: Millis,
+        out: &mut Output,
+    ) {
         for Adopted { job, stored } in jobs {
             let requeue = (orphans && job.state == JobState::Assigned).then_some(job.attempt);
             self.drop_live(&job.id);
@@ -148,7 +154,12 @@ impl Engine {
         match live.job.state {
             JobState::Queued => self.dequeue(&live.job),
             _ => {
-                if let Some(w) = live.job.worker.as_ref().and_then(|w| self.workers.get_mut(w)) {
+                if let Some(w) = live
+                    .job
+                    .worker
+                    .as_ref()
+                    .and_then(|w| self.workers.get_mut(w))
+                {
                     w.jobs.remove(job_id);
                 }
             }
@@ -208,16 +219,35 @@ mod tests {
     fn an_adopted_queued_job_is_dispatched_and_a_forgotten_one_frees_its_slot() {
         let mut engine = engine_with_worker(1);
         let mut out = Output::default();
-        let jobs = vec![job("r", 1, JobState::Running), job("q", 2, JobState::Queued)];
-        engine.handle(Input::Adopt { jobs, orphans: false }, 10, &mut out);
+        let jobs = vec![
+            job("r", 1, JobState::Running),
+            job("q", 2, JobState::Queued),
+        ];
+        engine.handle(
+            Input::Adopt {
+                jobs,
+                orphans: false,
+            },
+            10,
+            &mut out,
+        );
         engine.end_batch(10, &mut out);
-        assert!(assigned(&out).is_empty(), "the one slot holds the adopted attempt");
+        assert!(
+            assigned(&out).is_empty(),
+            "the one slot holds the adopted attempt"
+        );
         assert!(out.writes.is_empty(), "adopting writes nothing");
         assert!(engine.holds_attempt("r", 1, "w"));
         assert!(engine.is_queued("q"));
 
         let mut out = Output::default();
-        engine.handle(Input::Forget { job_ids: vec!["r".into()] }, 20, &mut out);
+        engine.handle(
+            Input::Forget {
+                job_ids: vec!["r".into()],
+            },
+            20,
+            &mut out,
+        );
         engine.end_batch(20, &mut out);
         assert_eq!(assigned(&out), ["q"]);
         assert!(!engine.holds_attempt("r", 1, "w"));
@@ -228,10 +258,23 @@ mod tests {
     fn an_orphaned_attempt_that_never_started_is_queued_again() {
         let mut engine = Engine::new(EngineConfig::default());
         let mut out = Output::default();
-        let jobs = vec![job("a", 1, JobState::Assigned), job("r", 2, JobState::Running)];
-        engine.handle(Input::Adopt { jobs, orphans: true }, 10, &mut out);
+        let jobs = vec![
+            job("a", 1, JobState::Assigned),
+            job("r", 2, JobState::Running),
+        ];
+        engine.handle(
+            Input::Adopt {
+                jobs,
+                orphans: true,
+            },
+            10,
+            &mut out,
+        );
         assert_eq!(out.writes.jobs["a"].state, JobState::Queued);
-        assert!(!out.writes.jobs.contains_key("r"), "a running attempt waits for its worker");
+        assert!(
+            !out.writes.jobs.contains_key("r"),
+            "a running attempt waits for its worker"
+        );
         assert!(engine.is_queued("a"));
     }
 

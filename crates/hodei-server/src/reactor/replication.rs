@@ -103,7 +103,10 @@ async fn sweep_and_poll(store: Arc<dyn Store>, tx: mpsc::WeakSender<Command>) {
 }
 
 /// `jobs` with the size and checksum of their current attempts' stored logs.
-async fn adopted(store: &dyn Store, jobs: Vec<hodei_core::Job>) -> Result<Vec<Adopted>, StoreError> {
+async fn adopted(
+    store: &dyn Store,
+    jobs: Vec<hodei_core::Job>,
+) -> Result<Vec<Adopted>, StoreError> {
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
         let stored = if job.attempt > 0 {
@@ -163,7 +166,11 @@ impl Reactor {
                 }),
                 Command::Cluster(ClusterCommand::Event(event)) => match event {
                     ClusterEvent::Queued { from, job_ids } if from != me => {
-                        fetch.extend(job_ids.into_iter().filter(|id| self.engine.needs_lookup(id)));
+                        fetch.extend(
+                            job_ids
+                                .into_iter()
+                                .filter(|id| self.engine.needs_lookup(id)),
+                        );
                     }
                     ClusterEvent::Changed { from, job_ids } if from != me => {
                         for job_id in job_ids {

@@ -101,7 +101,10 @@ pub fn decode(payload: &str) -> Option<ClusterEvent> {
     let mut chars = header.chars();
     let kind = chars.next()?;
     let who = chars.as_str().to_string();
-    let job_ids: Vec<String> = lines.filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let job_ids: Vec<String> = lines
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
     match kind {
         QUEUED => Some(ClusterEvent::Queued { from: who, job_ids }),
         CHANGED => Some(ClusterEvent::Changed { from: who, job_ids }),

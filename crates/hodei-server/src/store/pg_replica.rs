@@ -217,7 +217,10 @@ impl Cluster for PgStore {
             .bind(worker)
             .fetch_all(&mut *tx)
             .await?;
-        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         if !jobs.is_empty() {
             let event = ClusterEvent::Changed {
                 from: self.replica.to_string(),
@@ -255,7 +258,10 @@ impl Cluster for PgStore {
             .bind(&dead)
             .fetch_all(&mut *tx)
             .await?;
-        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         tracing::warn!(
             replicas = ?dead,

@@ -25,9 +25,9 @@ use hodei_core::{Job, JobState, LogStream, Millis};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
+use super::Cluster;
 use super::pg_replica;
 use super::pg_sql::{list_sql, multi_row};
-use super::Cluster;
 use super::rows::{
     corrupt, decode_chunk, finished_from_row, job_from_row, log_end_from_row, state_count_from_row,
     to_i64, worker_from_row,
