@@ -11,6 +11,7 @@
 //! | `logs.rs` | one job writing N bytes: MB/s stored and at a follower vs a file |
 //! | `fanout.rs` | 10,000 simulated agents on a server in another process |
 //! | `backlog.rs` | 1,000,000 queued jobs submitted in batches, then dispatched |
+//! | `replicas.rs` | no-op jobs on 1 and 3 `hodei server` replicas on PostgreSQL; failover |
 //!
 //! `rig.rs` starts servers and agents, `report.rs` prints the results and
 //! checks them against the targets, `plot.rs` draws the SVGs.
@@ -20,6 +21,7 @@ mod fanout;
 mod latency;
 mod logs;
 mod plot;
+mod replicas;
 mod report;
 mod rig;
 mod throughput;
@@ -32,8 +34,9 @@ const SCENARIOS: [&str; 5] = ["throughput", "latency", "logs", "fanout", "backlo
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// throughput | latency | logs | fanout | backlog | all
-    #[arg(value_parser = ["throughput", "latency", "logs", "fanout", "backlog", "all"])]
+    /// throughput | latency | logs | fanout | backlog | replicas | all
+    /// (`all` includes `replicas` only when a database is given)
+    #[arg(value_parser = ["throughput", "latency", "logs", "fanout", "backlog", "replicas", "all"])]
     pub scenario: String,
     /// Jobs (throughput, latency, backlog) or simulated agents (fanout).
     /// Default: 10,000 / 200 / 1,000,000 / 10,000.
@@ -51,6 +54,13 @@ pub struct BenchArgs {
     /// Seconds the backlog scenario lets agents dispatch the queue.
     #[arg(long, default_value_t = 10)]
     pub dispatch_secs: u64,
+    /// PostgreSQL server for the replicas scenario (postgres://user@host/db):
+    /// each run creates a database of its own there and drops it afterwards.
+    #[arg(long, env = "HODEI_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// Agents in the replicas scenario (each gets slots / agents slots).
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
     /// A quick run with small sizes that checks every scenario works and
     /// its numbers are sane (every job done, rates above zero); no timing
     /// targets are checked. For CI.
@@ -73,6 +83,8 @@ pub struct Plan {
     pub slots: u32,
     pub idle_secs: u64,
     pub dispatch_secs: u64,
+    pub database: Option<String>,
+    pub agents: usize,
     pub smoke: bool,
 }
 
@@ -94,13 +106,19 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         slots: args.slots.unwrap_or(2 * cpus),
         idle_secs: if args.smoke { 2 } else { args.idle_secs },
         dispatch_secs: if args.smoke { 2 } else { args.dispatch_secs },
+        database: args.database.clone(),
+        agents: args.agents,
         smoke: args.smoke,
     };
     if let Some(raised) = rig::raise_nofile() {
         eprintln!("bench: raised the open-file limit to {raised}");
     }
     let scenarios: Vec<&str> = if args.scenario == "all" {
-        SCENARIOS.to_vec()
+        let mut all = SCENARIOS.to_vec();
+        if plan.database.is_some() {
+            all.push("replicas");
+        }
+        all
     } else {
         vec![args.scenario.as_str()]
     };
@@ -111,6 +129,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             "latency" => latency::run(&plan).await?,
             "logs" => logs::run(&plan).await?,
             "fanout" => fanout::run(&plan).await?,
+            "replicas" => replicas::run(&plan).await?,
             _ => backlog::run(&plan).await?,
         };
         if !args.json {

@@ -76,7 +76,23 @@ pub fn start_agent(
     slots: u32,
     dir: &Path,
 ) -> anyhow::Result<watch::Sender<bool>> {
-    let mut agent = AgentConfig::new(url, name);
+    start_agent_on(vec![url.to_string()], token, name, slots, dir)
+}
+
+/// Starts an agent in this process that attaches to the first of `servers`
+/// and fails over to the next; sending `true` drains it.
+pub fn start_agent_on(
+    servers: Vec<String>,
+    token: Option<String>,
+    name: &str,
+    slots: u32,
+    dir: &Path,
+) -> anyhow::Result<watch::Sender<bool>> {
+    let first = servers
+        .first()
+        .cloned()
+        .context("an agent needs a server URL")?;
+    let mut agent = AgentConfig::new(first, name).with_servers(servers);
     agent.slots = slots;
     agent.token = token.map(hodei_core::auth::Secret::new);
     agent.work_dir = dir.join(format!("work-{name}"));
@@ -130,20 +146,33 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start() -> anyhow::Result<ServerProcess> {
+        ServerProcess::start_with(&[], &[]).await
+    }
+
+    /// Starts it with extra arguments (e.g. `--database URL`,
+    /// `--heartbeat-interval 1s`) and environment variables (e.g. the
+    /// bootstrap tokens). Without them it keeps its state in SQLite and
+    /// makes its own tokens, whatever this process's environment says.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let exe = std::env::current_exe().context("cannot find the hodei binary")?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        command
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
+            .args(args)
+            .env_remove("HODEI_DATABASE")
+            .env_remove("HODEI_BOOTSTRAP_ADMIN_TOKEN")
+            .env_remove("HODEI_BOOTSTRAP_JOIN_TOKEN")
+            .envs(env.iter().copied())
             .env("HODEI_LOG", "warn")
             // The bench measures the engine, not the per-token limits.
             .env("HODEI_SUBMIT_RATE", "0")
             .env("HODEI_MAX_AGENT_SESSIONS", "0")
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start hodei server")?;
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("cannot start hodei server")?;
         let pid = child.id().context("server exited at once")?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -180,6 +209,11 @@ impl ServerProcess {
 
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
         rss_bytes(self.pid)
+    }
+
+    /// Kills the server at once (SIGKILL, like `kill -9`) and reaps it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// Stops the server (SIGTERM, then a kill after 10 s).
