@@ -9,115 +9,11 @@ use hodei_agent::process::ProcessExecutor;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body as A;
 use hwp_proto::pb::server_message::Body as S;
-use hwp_proto::pb::worker_service_server::{WorkerService, WorkerServiceServer};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::watch;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod support;
 
-/// One `Attach` call: what the agent sends, and a way to answer.
-struct Session {
-    inbound: Streaming<pb::AgentMessage>,
-    outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
-}
-
-impl Session {
-    async fn recv(&mut self) -> A {
-        let msg = tokio::time::timeout(DEADLINE, self.inbound.message())
-            .await
-            .expect("agent message in time")
-            .expect("stream ok")
-            .expect("stream open");
-        msg.body.expect("body")
-    }
-
-    /// The next message that is not a heartbeat.
-    async fn next(&mut self) -> A {
-        loop {
-            match self.recv().await {
-                A::Heartbeat(_) => {}
-                other => return other,
-            }
-        }
-    }
-
-    async fn send(&self, body: S) {
-        let msg = pb::ServerMessage { body: Some(body) };
-        self.outbound.send(Ok(msg)).await.expect("agent listening");
-    }
-}
-
-struct Fake {
-    sessions: mpsc::UnboundedSender<Session>,
-}
-
-#[tonic::async_trait]
-impl WorkerService for Fake {
-    async fn register_worker(
-        &self,
-        _: Request<pb::WorkerRegistration>,
-    ) -> Result<Response<pb::WorkerStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn assign_job(
-        &self,
-        _: Request<pb::AssignJobRequest>,
-    ) -> Result<Response<pb::JobAccepted>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn stream_logs(
-        &self,
-        _: Request<Streaming<pb::LogEntry>>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn cancel_job(
-        &self,
-        _: Request<pb::CancelJobRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    type AttachStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
-    async fn attach(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
-        let (tx, rx) = mpsc::channel(64);
-        let _ = self.sessions.send(Session {
-            inbound: request.into_inner(),
-            outbound: tx,
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-async fn fake_server() -> (String, mpsc::UnboundedReceiver<Session>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = mpsc::unbounded_channel();
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        let conn = l.accept().await.map(|(s, _)| s);
-        Some((conn, l))
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::new(Fake { sessions: tx }))
-            .serve_with_incoming(incoming),
-    );
-    (format!("http://{addr}"), rx)
-}
-
-fn welcome() -> S {
-    S::Welcome(pb::Welcome {
-        worker_id: "agent-1".into(),
-        session_id: "s".into(),
-        heartbeat_interval_ms: 60_000,
-        lease_grace_ms: 30_000,
-    })
-}
+use support::{DEADLINE, Session, fake_server, welcome};
 
 /// Collects the job's messages up to its result: (pid, stdout, stderr,
 /// result), the streams on top of what the orchestrator already has.

@@ -30,20 +30,6 @@ async fn assert_full_log(client: &Client, id: &str, name: &str, n: u32) {
     assert_eq!(text, expected, "log of {name} ({id})");
 }
 
-async fn start_pg() -> pg_harness::PgServer {
-    tokio::task::spawn_blocking(pg_harness::PgServer::start)
-        .await
-        .expect("join")
-        .expect("start PostgreSQL")
-}
-
-async fn create_db(pg: &'static pg_harness::PgServer) -> String {
-    tokio::task::spawn_blocking(move || pg.create_database())
-        .await
-        .expect("join")
-        .expect("create database")
-}
-
 #[tokio::test]
 async fn jobs_run_and_survive_a_server_kill_on_postgres() {
     let url = create_db(pg_harness::shared()).await;

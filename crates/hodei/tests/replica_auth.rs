@@ -22,13 +22,6 @@ use reqwest::StatusCode;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-async fn create_db() -> String {
-    tokio::task::spawn_blocking(|| pg_harness::shared().create_database())
-        .await
-        .expect("join")
-        .expect("create database")
-}
-
 /// Starts one replica per data directory on `url`, all at once (so that
 /// they race for the first start), each with `extra` flags.
 async fn start_together(url: &str, dirs: &[PathBuf], extra: &[&str]) -> Vec<ServerProc> {
@@ -116,7 +109,7 @@ async fn attach(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_revocations_and_worker_ids_hold_on_every_replica() {
-    let url = create_db().await;
+    let url = create_db(pg_harness::shared()).await;
     let dir = tempdir();
     let dirs = [dir.path().join("a"), dir.path().join("b")];
     let servers = start_together(&url, &dirs, &[]).await;
@@ -199,7 +192,7 @@ fn unprovisioned(data_dir: &Path, url: &str) -> ServerProc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bootstrap_tokens_are_made_once_for_all_replicas() {
-    let url = create_db().await;
+    let url = create_db(pg_harness::shared()).await;
     let dir = tempdir();
     let starts: Vec<_> = ["a", "b", "c"]
         .into_iter()
@@ -272,7 +265,7 @@ async fn failed_start(data_dir: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_set_on_one_replica_is_delivered_by_another() {
-    let url = create_db().await;
+    let url = create_db(pg_harness::shared()).await;
     let dir = tempdir();
     let key = dir.path().join("secrets.key");
     std::fs::write(&key, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").expect("key");

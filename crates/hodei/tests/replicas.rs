@@ -17,20 +17,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use hodei_core::JobState;
 
-async fn start_pg() -> pg_harness::PgServer {
-    tokio::task::spawn_blocking(pg_harness::PgServer::start)
-        .await
-        .expect("join")
-        .expect("start PostgreSQL")
-}
-
-async fn create_db(pg: &'static pg_harness::PgServer) -> String {
-    tokio::task::spawn_blocking(move || pg.create_database())
-        .await
-        .expect("join")
-        .expect("create database")
-}
-
 /// Starts `n` replicas on `url`, each with its own data directory.
 fn replicas(n: usize, url: &str, dir: &Path) -> Vec<ServerProc> {
     replicas_with_grace(n, url, dir, "20s")

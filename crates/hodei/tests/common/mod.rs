@@ -387,6 +387,22 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 pub mod proxy;
 
+/// A private PostgreSQL server for one test (one that restarts it).
+pub async fn start_pg() -> pg_harness::PgServer {
+    tokio::task::spawn_blocking(pg_harness::PgServer::start)
+        .await
+        .expect("join")
+        .expect("start PostgreSQL")
+}
+
+/// A fresh database on `pg`; its URL.
+pub async fn create_db(pg: &'static pg_harness::PgServer) -> String {
+    tokio::task::spawn_blocking(move || pg.create_database())
+        .await
+        .expect("join")
+        .expect("create database")
+}
+
 /// A job running `sh -c script` named `name`.
 pub fn sh_job(name: &str, script: &str) -> hodei_core::api::SubmitRequest {
     hodei_core::api::SubmitRequest {
