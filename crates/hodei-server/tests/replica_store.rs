@@ -201,3 +201,32 @@ async fn an_agent_attaching_elsewhere_hands_over_its_attempts_and_cancels_travel
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn the_same_new_id_submitted_on_two_replicas_is_created_once() {
+    let (_db, a, b) = two_replicas().await;
+    let first = job("same", 11, JobState::Queued, None);
+    let mut second = job("same", 22, JobState::Queued, None);
+    second.spec = JobSpec::command(["echo", "other"]).normalized();
+    assert!(
+        a.commit_fenced(&writes([first.clone()]))
+            .await
+            .expect("a")
+            .is_empty()
+    );
+    assert_eq!(
+        b.commit_fenced(&writes([second])).await.expect("b"),
+        ["same"],
+        "b's submission lost: it must look the job up and answer from it"
+    );
+    let stored = b.get_job("same").await.expect("read").expect("job");
+    assert_eq!(stored.spec, first.spec);
+    assert_eq!(stored.seq, 11);
+    // The creator itself may write its job again (the same creation).
+    assert!(
+        a.commit_fenced(&writes([first]))
+            .await
+            .expect("a again")
+            .is_empty()
+    );
+}
