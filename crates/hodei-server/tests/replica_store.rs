@@ -219,6 +219,13 @@ async fn the_same_new_id_submitted_on_two_replicas_is_created_once() {
         ["same"],
         "b's submission lost: it must look the job up and answer from it"
     );
+    // Nor when b placed its version at once (same batch as the submit).
+    let mut placed = job("same", 22, JobState::Assigned, Some("wb"));
+    placed.spec = JobSpec::command(["echo", "other"]).normalized();
+    assert_eq!(
+        b.commit_fenced(&writes([placed])).await.expect("b"),
+        ["same"]
+    );
     let stored = b.get_job("same").await.expect("read").expect("job");
     assert_eq!(stored.spec, first.spec);
     assert_eq!(stored.seq, 11);

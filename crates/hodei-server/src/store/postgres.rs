@@ -70,8 +70,7 @@ const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET seq = excluded.s
      assigned_at = excluded.assigned_at, started_at = excluded.started_at, \
      finished_at = excluded.finished_at, submitter = excluded.submitter, \
      replica = excluded.replica \
-     WHERE NOT (excluded.state = 'queued' AND excluded.attempt = 0 AND jobs.seq <> excluded.seq) \
-     AND (jobs.replica IS NULL OR jobs.replica = ";
+     WHERE jobs.seq = excluded.seq AND (jobs.replica IS NULL OR jobs.replica = ";
 /// Column 12 (the spec) is cast from text to JSONB.
 const JOB_CASTS: &[(usize, &str)] = &[(11, "::jsonb")];
 const INSERT_LOGS: &str = "INSERT INTO log_chunks (job_id, attempt, stream, start_offset, \
@@ -81,9 +80,9 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
      slots = excluded.slots, last_seen = excluded.last_seen";
 
 /// The fenced upsert: a row another replica owns is left alone, and so is
-/// a job that another replica created first under the same id (a new
-/// submission, attempt 0, with another sequence number); the ids written
-/// are returned. The last parameter is this replica's id.
+/// a job that another replica created first under the same id (a job's
+/// sequence number never changes, so another one means another creation);
+/// the ids written are returned. The last parameter is this replica's id.
 static UPSERT_JOBS_SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
     [1, ROWS_PER_INSERT].map(|n| {
         let tail = format!("{UPSERT_JOBS_TAIL}${}) RETURNING id", n * JOB_COLS + 1);
