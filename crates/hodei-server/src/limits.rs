@@ -169,24 +169,54 @@ fn too_large(message: String) -> Response {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).into_response()
 }
 
+/// A refused body is read and thrown away up to this many more bytes, for
+/// at most `DRAIN_FOR`, before the 413 is sent: a client that writes its
+/// whole body before reading the answer then gets the answer instead of a
+/// broken pipe (nginx's "lingering close"). A larger body is not read; the
+/// connection closes after the answer.
+const DRAIN_MAX: u64 = 16 * 1024 * 1024;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards what is left of a refused body, within the bounds
+/// above. Nothing is kept in memory.
+async fn drain<S, E>(stream: &mut S)
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let mut left = DRAIN_MAX;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            left = left.saturating_sub(chunk.len() as u64);
+            if left == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// HTTP middleware: refuses a request body over `limit` bytes with 413 and
-/// a message naming the limit: at once when `Content-Length` says so, else
-/// as soon as that many bytes arrived. What passes is handed on whole.
+/// a message naming the limit: when `Content-Length` says so, else as soon
+/// as that many bytes arrived (a refused body is drained, within bounds,
+/// first: see `DRAIN_MAX`). What passes is handed on whole.
 pub async fn http_body_limit(State(limit): State<usize>, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
     if let Some(n) = declared
         && n > limit as u64
     {
+        if n <= DRAIN_MAX {
+            drain(&mut stream).await;
+        }
         return too_large(format!(
             "request body is {n} bytes; the limit is {limit} (max_http_body_bytes)"
         ));
     }
-    let (parts, body) = req.into_parts();
-    let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
@@ -201,6 +231,7 @@ pub async fn http_body_limit(State(limit): State<usize>, req: Request, next: Nex
             }
         };
         if buf.len() + chunk.len() > limit {
+            drain(&mut stream).await;
             return too_large(format!(
                 "request body is over the limit of {limit} bytes (max_http_body_bytes)"
             ));
