@@ -287,6 +287,17 @@ impl JobSpec {
                 format!("must be between 1 and {MAX_TIMEOUT_MS} (leave it out for the default)"),
             );
         }
+        // Free text travels to the store too; a NUL byte has no use in
+        // any of it and PostgreSQL refuses it.
+        if self.name.contains('\0') {
+            return bad("name", "contains a NUL byte".into());
+        }
+        if self.image.as_deref().is_some_and(|i| i.contains('\0')) {
+            return bad("image", "contains a NUL byte".into());
+        }
+        if self.secrets.iter().any(|s| s.contains('\0')) {
+            return bad("secrets", "a secret name contains a NUL byte".into());
+        }
         if self.labels.len() > MAX_LABELS {
             return bad("labels", format!("has more than {MAX_LABELS} labels"));
         }
@@ -558,6 +569,20 @@ mod tests {
                 "max_retries",
             ),
             (JobSpec::command(["a\0b"]), "command"),
+            (
+                JobSpec {
+                    name: "a\0b".into(),
+                    ..JobSpec::command(["true"])
+                },
+                "name",
+            ),
+            (
+                JobSpec {
+                    image: Some("a\0b".into()),
+                    ..JobSpec::command(["true"])
+                },
+                "image",
+            ),
             (
                 JobSpec {
                     memory_bytes: Some(64 << 20),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hodei_core::JobState;
 use hodei_core::engine::{Adopted, AttemptRef, Input, Notice, Reply, ToAgent};
+use hodei_core::spec::validate_job_id;
 use tokio::sync::mpsc;
 
 use super::{Command, Reactor};
@@ -200,7 +201,10 @@ impl Reactor {
                 ) => {
                     let foreign: Vec<AttemptRef> = running
                         .iter()
-                        .filter(|r| !self.engine.holds_attempt(&r.job_id, r.attempt, worker_id))
+                        .filter(|r| {
+                            validate_job_id(&r.job_id).is_ok()
+                                && !self.engine.holds_attempt(&r.job_id, r.attempt, worker_id)
+                        })
                         .cloned()
                         .collect();
                     if !foreign.is_empty() {
@@ -225,7 +229,7 @@ impl Reactor {
                         ref id, ref reason, ..
                     },
                     _,
-                ) if self.engine.needs_lookup(id) => {
+                ) if self.engine.needs_lookup(id) && validate_job_id(id).is_ok() => {
                     match store.get_job(id).await? {
                         Some(job) if job.state == JobState::Queued => {
                             first.push(Input::Adopt {

@@ -394,7 +394,8 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job, replica: &'q str) -> Result<Quer
         .bind(job.worker.as_deref())
         .bind(job.exit_code.map(i64::from))
         .bind(job.signal.map(i64::from))
-        .bind(job.reason.as_deref())
+        // Reasons carry text from users and agents; PostgreSQL refuses NUL.
+        .bind(job.reason.as_deref().map(|r| r.replace('\0', "\u{FFFD}")))
         .bind(i64::from(job.cancel_requested))
         .bind(job.spec.name.as_str())
         .bind(i64::from(job.spec.priority))

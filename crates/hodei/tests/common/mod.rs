@@ -175,6 +175,9 @@ impl ServerProc {
     /// Starts a server from `cmd` (a `hodei server …` command), its stdout
     /// (and stderr if `capture_stderr`) collected in [`ServerProc::output`].
     pub fn spawn(mut cmd: Command, data_dir: &Path, capture_stderr: bool) -> ServerProc {
+        if let Some(url) = backend_database(&cmd, data_dir) {
+            cmd.env("HODEI_DATABASE", url);
+        }
         cmd.stdout(Stdio::piped());
         if capture_stderr {
             cmd.stderr(Stdio::piped());
@@ -243,6 +246,28 @@ impl ServerProc {
         signal(self.child.id() as i32, libc_sigterm());
         let _ = self.child.wait();
     }
+}
+
+/// With `HODEI_TEST_BACKEND=postgres`, the database a server started on
+/// `data_dir` uses (unless the test chose one with `--database`): a fresh
+/// one on the shared test PostgreSQL server, the same again when a test
+/// restarts a server on the same data directory (its URL is kept there).
+fn backend_database(cmd: &Command, data_dir: &Path) -> Option<String> {
+    if std::env::var("HODEI_TEST_BACKEND").ok().as_deref() != Some("postgres")
+        || cmd.get_args().any(|a| a == "--database")
+    {
+        return None;
+    }
+    let keep = data_dir.join("test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&keep) {
+        return Some(url);
+    }
+    let url = pg_harness::shared()
+        .create_database()
+        .unwrap_or_else(|e| panic!("create a test database: {e}"));
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    std::fs::write(&keep, &url).expect("keep the database url");
+    Some(url)
 }
 
 /// Appends the lines of `from` to `to` on a thread (echoing them to our
