@@ -50,12 +50,16 @@ fn agent_servers(servers: &[ServerProc], i: usize) -> String {
         .join(",")
 }
 
-/// Workers ready on any of `servers` (each lists those attached to it).
-async fn ready_workers(servers: &[&ServerProc]) -> usize {
+/// Workers attached to any of `servers` (each lists those attached to it)
+/// whose state is one of `states`, read in one pass.
+async fn workers_in(servers: &[&ServerProc], states: &[&str]) -> usize {
     let mut n = 0;
     for s in servers {
         if let Ok(workers) = s.client().workers().await {
-            n += workers.iter().filter(|w| w.state == "ready").count();
+            n += workers
+                .iter()
+                .filter(|w| states.contains(&w.state.as_str()))
+                .count();
         }
     }
     n
@@ -133,7 +137,7 @@ async fn three_replicas_run_every_job_once_through_a_replica_kill() {
         .collect();
     wait_for(Duration::from_secs(30), "6 agents attached", || async {
         let all: Vec<&ServerProc> = servers.iter().collect();
-        (ready_workers(&all).await == 6).then_some(())
+        (workers_in(&all, &["ready"]).await == 6).then_some(())
     })
     .await;
 
@@ -169,7 +173,7 @@ async fn three_replicas_run_every_job_once_through_a_replica_kill() {
     );
     let rest: Vec<&ServerProc> = servers[1..].iter().collect();
     wait_for(Duration::from_secs(60), "agents to fail over", || async {
-        (ready_workers(&rest).await + busy_workers(&rest).await == 6).then_some(())
+        (workers_in(&rest, &["ready", "busy"]).await == 6).then_some(())
     })
     .await;
     println!(
@@ -184,17 +188,6 @@ async fn three_replicas_run_every_job_once_through_a_replica_kill() {
         JOBS as f64 / elapsed.as_secs_f64()
     );
     assert_each_ran_once(&clients[2], &runs, &ids, 3).await;
-}
-
-/// Workers attached to `servers` that are running something.
-async fn busy_workers(servers: &[&ServerProc]) -> usize {
-    let mut n = 0;
-    for s in servers {
-        if let Ok(workers) = s.client().workers().await {
-            n += workers.iter().filter(|w| w.state == "busy").count();
-        }
-    }
-    n
 }
 
 #[tokio::test]
@@ -319,7 +312,7 @@ async fn replicas_recover_from_a_postgres_restart_without_losing_anything() {
         .collect();
     wait_for(Duration::from_secs(30), "2 agents attached", || async {
         let all: Vec<&ServerProc> = servers.iter().collect();
-        (ready_workers(&all).await == 2).then_some(())
+        (workers_in(&all, &["ready"]).await == 2).then_some(())
     })
     .await;
 

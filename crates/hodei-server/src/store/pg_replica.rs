@@ -132,6 +132,10 @@ async fn notify(
     Ok(())
 }
 
+fn decode_jobs(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Job>, StoreError> {
+    rows.iter().map(job_from_row).collect()
+}
+
 fn unfinished_ids(jobs: &[Job]) -> Vec<String> {
     jobs.iter().map(|j| j.id.clone()).collect()
 }
@@ -217,10 +221,7 @@ impl Cluster for PgStore {
             .bind(worker)
             .fetch_all(&mut *tx)
             .await?;
-        let jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = decode_jobs(&rows)?;
         if !jobs.is_empty() {
             let event = ClusterEvent::Changed {
                 from: self.replica.to_string(),
@@ -258,10 +259,7 @@ impl Cluster for PgStore {
             .bind(&dead)
             .fetch_all(&mut *tx)
             .await?;
-        let jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = decode_jobs(&rows)?;
         tx.commit().await?;
         tracing::warn!(
             replicas = ?dead,
