@@ -214,10 +214,14 @@ async fn random_bootstrap_tokens_are_made_once_for_all_replicas() {
     let admin = std::fs::read_to_string(made[0].data_dir.join("admin.token")).expect("admin");
     let admin = admin.trim();
     assert!(made[0].data_dir.join("agent.token").exists());
-    let printed = servers
-        .iter()
-        .filter(|s| s.output().contains("admin token (shown once"))
-        .count();
+    // Output is collected by a thread: wait until the maker's line is in.
+    let printed_by = |s: &ServerProc| s.output().contains("admin token (shown once");
+    wait_for(Duration::from_secs(10), "the admin token line", || {
+        let seen = printed_by(made[0]);
+        async move { seen.then_some(()) }
+    })
+    .await;
+    let printed = servers.iter().filter(|s| printed_by(s)).count();
     assert_eq!(printed, 1, "replicas that printed an admin token");
     for server in &servers {
         let tokens = server
