@@ -376,8 +376,24 @@ async fn session(
     };
     sender.abort();
     beats.abort();
+    if matches!(end, SessionEnd::Done) {
+        // A drained agent ends its side of the stream and lets the
+        // orchestrator end its own: closing the connection at once could
+        // drop the `Drain` still queued for the wire. Bounded, for a
+        // server that no longer answers.
+        let _ = sender.await;
+        let _ = beats.await;
+        drop(tx);
+        let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+        if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+            tracing::warn!(server = %target.url, "the orchestrator did not close the drained session in time");
+        }
+    }
     end
 }
+
+/// How long a drained agent waits for the orchestrator to close the session.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 async fn handle(
     msg: pb::ServerMessage,

@@ -113,6 +113,7 @@ async fn the_agent_fails_over_between_its_servers() {
 
     // Nothing is owed: a drain ends the agent at once.
     let _ = drain_tx.send(true);
+    a2.drained().await;
     tokio::time::timeout(DEADLINE, agent)
         .await
         .expect("agent drains")

@@ -140,7 +140,7 @@ async fn job_resend_shutdown_and_redial() {
     }))
     .await;
     let _ = drain_tx.send(true);
-    assert!(matches!(s2.next().await, A::Drain(_)));
+    s2.drained().await;
     tokio::time::timeout(DEADLINE, agent)
         .await
         .expect("agent drains")

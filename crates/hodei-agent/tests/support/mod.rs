@@ -41,6 +41,16 @@ impl Session {
         }
     }
 
+    /// The agent's drain: its `Drain`, then the end of its side of the
+    /// stream; the session is then closed from this side too.
+    pub async fn drained(mut self) {
+        assert!(matches!(self.next().await, A::Drain(_)), "Drain");
+        let end = tokio::time::timeout(DEADLINE, self.inbound.message())
+            .await
+            .expect("agent ends its stream in time");
+        assert!(matches!(end, Ok(None)), "the agent's side ends cleanly: {end:?}");
+    }
+
     pub async fn send(&self, body: S) {
         let msg = pb::ServerMessage { body: Some(body) };
         self.outbound.send(Ok(msg)).await.expect("agent listening");
