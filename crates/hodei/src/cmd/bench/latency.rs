@@ -56,7 +56,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         to_running.push(running.context("no running notice")?.duration_since(t0));
     }
     recorder.abort();
-    rig.shutdown();
+    rig.shutdown().await;
     let (running, line, result) = (
         Dist::of(&to_running),
         Dist::of(&to_line),

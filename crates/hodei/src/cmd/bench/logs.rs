@@ -49,7 +49,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let job = rig.client.job(&id).await?;
     let stored_ms =
         (job.finished_at.unwrap_or_default() - job.started_at.unwrap_or_default()).max(1);
-    rig.shutdown();
+    rig.shutdown().await;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("out");
     let t = Instant::now();

@@ -1,7 +1,7 @@
-//! What the scenarios run against: an orchestrator and an agent in this
-//! process ([`Rig`]), or an orchestrator in a process of its own
-//! ([`ServerProcess`], so that its memory and CPU can be read from
-//! `/proc`), and in-process agents dialing it.
+//! What the scenarios run against: an orchestrator in this process and an
+//! agent in a process of its own ([`Rig`]), or an orchestrator in a process
+//! of its own ([`ServerProcess`], so that its memory and CPU can be read
+//! from `/proc`), and in-process agents dialing it.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -18,12 +18,15 @@ use hodei_server::{Server, ServerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{broadcast, watch};
 
-/// A running orchestrator and agent in this process, for one scenario.
+/// A running orchestrator in this process and its agent, `hodei agent` in
+/// a process of its own as agents are deployed (a job is started by forking
+/// the agent, so the agent's memory, not the orchestrator's, is what that
+/// costs), for one scenario.
 pub struct Rig {
     pub client: Client,
     pub notices: broadcast::Receiver<Notice>,
     stop: watch::Sender<bool>,
-    drain: watch::Sender<bool>,
+    agent: AgentProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -51,20 +54,71 @@ impl Rig {
             let _ = stopping.wait_for(|s| *s).await;
         }));
         let client = Client::new(&url)?.with_token(admin);
-        let drain = start_agent(&url, join, "bench-agent", slots, dir.path())?;
+        let agent = AgentProcess::start(&url, join.as_deref(), "bench-agent", slots, dir.path())?;
         wait_ready(&client, 1).await?;
         Ok(Rig {
             client,
             notices,
             stop,
-            drain,
+            agent,
             _dir: dir,
         })
     }
 
-    pub fn shutdown(self) {
-        let _ = self.drain.send(true);
+    pub async fn shutdown(self) {
+        self.agent.stop().await;
         let _ = self.stop.send(true);
+    }
+}
+
+/// `hodei agent` in a child process (this same binary); killed when dropped.
+pub struct AgentProcess {
+    child: tokio::process::Child,
+}
+
+impl AgentProcess {
+    pub fn start(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        slots: u32,
+        dir: &Path,
+    ) -> anyhow::Result<AgentProcess> {
+        let exe = std::env::current_exe().context("cannot find the hodei binary")?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(["agent", "--no-docker", "--server", url, "--name", name])
+            .arg("--slots")
+            .arg(slots.to_string())
+            .arg("--work-dir")
+            .arg(dir.join(format!("work-{name}")))
+            .env_remove("HODEI_JOIN_TOKEN_FILE")
+            .env("HODEI_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match token {
+            Some(t) => command.env("HODEI_JOIN_TOKEN", t),
+            None => command.env_remove("HODEI_JOIN_TOKEN"),
+        };
+        let child = command.spawn().context("cannot start hodei agent")?;
+        Ok(AgentProcess { child })
+    }
+
+    /// Drains the agent (SIGTERM), then kills it if it is still there
+    /// after 10 s.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 }
 

@@ -50,7 +50,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     for t in tasks {
         t.await??;
     }
-    rig.shutdown();
+    rig.shutdown().await;
     let baseline = spawn_baseline(n, plan.slots as usize).await?;
     let rate = n as f64 / elapsed.as_secs_f64();
     let base_rate = n as f64 / baseline.as_secs_f64();
