@@ -21,6 +21,7 @@ pub mod recover;
 pub mod runner;
 pub mod servers;
 pub mod session;
+pub mod spawn;
 pub mod spool;
 pub mod tls;
 

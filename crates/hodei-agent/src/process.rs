@@ -7,10 +7,10 @@
 //! one, else the agent's) and the other elements are passed as they are. The
 //! environment is the agent's own plus `spec.env`, plus `HODEI_JOB_ID` and
 //! `HODEI_ATTEMPT`; the current directory is `spec.working_dir`; stdin is
-//! `/dev/null`. The process becomes the leader of a new process group
-//! (process-wrap's [`ProcessGroup::leader`]) and every signal Hodei sends goes
-//! to that whole group, so shells, pipelines and background children are
-//! reached too.
+//! `/dev/null`. The process becomes the leader of a new process group and
+//! every signal Hodei sends goes to that whole group, so shells, pipelines
+//! and background children are reached too. [`crate::spawn`] starts it
+//! without forking the agent's memory.
 //!
 //! A command that cannot be started is an [`Outcome::SpawnFailed`], with the
 //! shell's codes: 127 when the program is not found, 126 when it is found but
@@ -46,7 +46,7 @@
 //!
 //! On Linux the leader is started with `PR_SET_PDEATHSIG(SIGKILL)`: if the
 //! agent dies (crash, `kill -9`), the kernel kills the job's leader. The
-//! signal fires when the *thread* that forked the job ends, so jobs are
+//! signal fires when the *thread* that created the job ends, so jobs are
 //! spawned from the async task itself, on a runtime worker thread, which
 //! lives as long as the agent (never from a `spawn_blocking` thread, which
 //! may end while the job runs). Only the leader gets the signal, and a
@@ -74,7 +74,7 @@
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::pin::pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -84,13 +84,14 @@ use hodei_core::{LogStream, Outcome};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use process_wrap::tokio::{ChildWrapper, CommandWrap, ProcessGroup};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::executor::{CancelSignal, ExecSpec, Executor, OutputChunk, now_ms};
+use crate::spawn;
 
 /// The most one read from a pipe (and so one [`OutputChunk`]) carries.
 const READ_CHUNK: usize = 64 * 1024;
@@ -120,7 +121,7 @@ impl Executor for ProcessExecutor {
         mut cancel: CancelSignal,
     ) -> Outcome {
         let job = spec.job_id.as_str();
-        let Some((program, args)) = spec.command.split_first() else {
+        let Some(program) = spec.command.first() else {
             return spawn_failed(127, "hodei: the command is empty".into(), &output).await;
         };
         if *cancel.borrow() {
@@ -128,54 +129,53 @@ impl Executor for ProcessExecutor {
             return Outcome::Cancelled;
         }
 
-        let mut command = CommandWrap::with_new(program, |c| {
-            c.args(args)
-                .envs(&spec.env)
-                .env("HODEI_JOB_ID", &spec.job_id)
-                .env("HODEI_ATTEMPT", spec.attempt.to_string())
-                .current_dir(&spec.working_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            die_with_the_agent(c);
-        });
-        command.wrap(ProcessGroup::leader());
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        let leader = match start(program, &spec) {
+            Ok(leader) => leader,
             Err(err) => {
                 let (code, message) = describe_spawn_error(program, &spec, &err).await;
                 debug!(job, %err, code, "spawn failed");
                 return spawn_failed(code, message, &output).await;
             }
         };
-        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-            // Cannot happen: a freshly spawned, unreaped child has a pid.
-            return spawn_failed(126, "hodei: the started process has no pid".into(), &output)
-                .await;
-        };
-        let pgid = Pid::from_raw(pid);
+        let pgid = leader.pid;
+        let pid = pgid.as_raw();
         debug!(job, pid, "started");
         spec.on_start.started(pid.unsigned_abs());
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stdout = child.stdout().take().map(|pipe| {
-            tokio::spawn(pump(
-                pipe,
-                LogStream::Stdout,
-                output.clone(),
-                stop_rx.clone(),
-            ))
-        });
-        let stderr = child
-            .stderr()
-            .take()
-            .map(|pipe| tokio::spawn(pump(pipe, LogStream::Stderr, output.clone(), stop_rx)));
+        let pipes = (
+            pipe::Receiver::from_owned_fd(leader.stdout),
+            pipe::Receiver::from_owned_fd(leader.stderr),
+        );
+        let (stdout, stderr) = match pipes {
+            (Ok(out), Ok(err)) => (
+                tokio::spawn(pump(
+                    out,
+                    LogStream::Stdout,
+                    output.clone(),
+                    stop_rx.clone(),
+                )),
+                tokio::spawn(pump(err, LogStream::Stderr, output.clone(), stop_rx)),
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                // Cannot happen for fresh pipes; never leave the job running.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = reap(pgid, job).await;
+                return spawn_failed(
+                    126,
+                    format!("hodei: cannot read the job's output: {e}"),
+                    &output,
+                )
+                .await;
+            }
+        };
         drop(output);
         let mut drained = pin!(join_pumps(stdout, stderr).fuse());
 
+        let reaped = Reaped::default();
         let mut group = GroupGuard(Some(pgid));
         let reason = {
-            let mut exited = pin!(leader_exited(&mut *child, pgid).fuse());
+            let mut exited = pin!(leader_exited(pgid, &reaped).fuse());
             let timeout = async {
                 match spec.timeout {
                     Some(t) => tokio::time::sleep(t).await,
@@ -213,7 +213,10 @@ impl Executor for ProcessExecutor {
             reason
         };
         group.0 = None; // Reaping frees the group id: no more signals.
-        let status = reap(&mut *child, job).await;
+        let status = match reaped.take() {
+            Some(status) => Some(status),
+            None => reap(pgid, job).await,
+        };
 
         if !drained.is_terminated()
             && tokio::time::timeout(PIPE_CLOSE_GRACE, &mut drained)
@@ -235,30 +238,34 @@ impl Executor for ProcessExecutor {
     }
 }
 
-/// Makes the job's leader get SIGKILL when the agent dies (see the module
-/// documentation). The hook runs in the child between fork and exec, so it
-/// only makes async-signal-safe system calls and does not allocate.
-#[cfg(target_os = "linux")]
-fn die_with_the_agent(command: &mut tokio::process::Command) {
-    let agent = std::process::id();
-    let hook = move || {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-        // The agent may have died before the call: then nobody would
-        // send the signal any more.
-        if nix::unistd::getppid().as_raw().unsigned_abs() != agent {
-            return Err(io::Error::from(Errno::ESRCH));
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only calls prctl(2) and getppid(2), both
-    // async-signal-safe, and builds errors without allocating.
-    unsafe {
-        command.pre_exec(hook);
-    }
+/// Starts the job's leader: `program` looked up in the job's `PATH` (else
+/// the agent's), the agent's environment plus `spec.env` plus
+/// `HODEI_JOB_ID` and `HODEI_ATTEMPT`, in `spec.working_dir`; see
+/// [`crate::spawn`]. Runs on the calling (runtime worker) thread, which the
+/// death signal is tied to.
+fn start(program: &str, spec: &ExecSpec) -> io::Result<spawn::Leader> {
+    let attempt = spec.attempt.to_string();
+    let env = spawn::environment(
+        spec.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([
+                ("HODEI_JOB_ID", spec.job_id.as_str()),
+                ("HODEI_ATTEMPT", attempt.as_str()),
+            ]),
+    );
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
+    let path = spawn::resolve(program, path_var)?;
+    spawn::spawn(spawn::Spawn {
+        path: &path,
+        argv: &spec.command,
+        env: &env,
+        cwd: &spec.working_dir,
+    })
 }
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_the_agent(_command: &mut tokio::process::Command) {}
 
 /// Sends signals to the job's process group while it may do so: `None` once
 /// the leader was reaped. Dropping it (the `run` future was dropped midway)
@@ -281,11 +288,29 @@ impl Drop for GroupGuard {
     }
 }
 
+/// The leader's exit status, when waiting for its exit had to reap it
+/// (not on Linux).
+#[derive(Debug, Default)]
+struct Reaped(std::sync::Mutex<Option<ExitStatus>>);
+
+impl Reaped {
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+    fn set(&self, status: ExitStatus) {
+        if let Ok(mut r) = self.0.lock() {
+            *r = Some(status);
+        }
+    }
+
+    fn take(&self) -> Option<ExitStatus> {
+        self.0.lock().ok().and_then(|mut r| r.take())
+    }
+}
+
 /// Resolves once the leader has exited, leaving it an unreaped zombie so its
 /// pid (the group id) stays reserved. Errors mean it cannot be waited for
 /// (already gone) and count as exited.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-async fn leader_exited(_child: &mut dyn ChildWrapper, pid: Pid) {
+async fn leader_exited(pid: Pid, _reaped: &Reaped) {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
     let waited = tokio::task::spawn_blocking(move || {
@@ -304,28 +329,41 @@ async fn leader_exited(_child: &mut dyn ChildWrapper, pid: Pid) {
 
 /// Resolves once the leader has exited. Without `waitid` this reaps it.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-async fn leader_exited(child: &mut dyn ChildWrapper, pid: Pid) {
-    if let Err(err) = child.wait().await {
-        debug!(pid = pid.as_raw(), %err, "wait");
+async fn leader_exited(pid: Pid, reaped: &Reaped) {
+    if let Ok(Some(status)) = tokio::task::spawn_blocking(move || wait_for(pid)).await {
+        reaped.set(status);
     }
 }
 
-/// Reaps the leader (and any member of the group that became our child) and
-/// returns its exit status. process-wrap keeps the leader's status once it
-/// has it, so a second `wait` recovers it if reaping the rest failed.
-async fn reap(child: &mut dyn ChildWrapper, job: &str) -> Option<ExitStatus> {
-    match child.wait().await {
-        Ok(status) => Some(status),
-        Err(err) => {
-            debug!(job, %err, "reaping the process group failed");
-            match child.wait().await {
-                Ok(status) => Some(status),
-                Err(err) => {
-                    warn!(job, %err, "cannot get the exit status of the job's process");
-                    None
-                }
-            }
+/// Reaps the leader (which has exited) and returns its exit status.
+async fn reap(pid: Pid, job: &str) -> Option<ExitStatus> {
+    let status = tokio::task::spawn_blocking(move || wait_for(pid))
+        .await
+        .ok()
+        .flatten();
+    if status.is_none() {
+        warn!(
+            job,
+            pid = pid.as_raw(),
+            "cannot get the exit status of the job's process"
+        );
+    }
+    status
+}
+
+/// `waitpid(pid)`: blocks until the child exits, then reaps it.
+fn wait_for(pid: Pid) -> Option<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid(2) on our own child, with a valid status pointer.
+        let r = unsafe { nix::libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if r == pid.as_raw() {
+            return Some(ExitStatus::from_raw(status));
         }
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
     }
 }
 
@@ -337,8 +375,8 @@ fn outcome_of(status: ExitStatus) -> Outcome {
     }
 }
 
-async fn join_pumps(stdout: Option<JoinHandle<()>>, stderr: Option<JoinHandle<()>>) {
-    for task in [stdout, stderr].into_iter().flatten() {
+async fn join_pumps(stdout: JoinHandle<()>, stderr: JoinHandle<()>) {
+    for task in [stdout, stderr] {
         if let Err(err) = task.await {
             warn!(%err, "output pump failed");
         }

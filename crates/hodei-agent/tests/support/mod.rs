@@ -48,7 +48,10 @@ impl Session {
         let end = tokio::time::timeout(DEADLINE, self.inbound.message())
             .await
             .expect("agent ends its stream in time");
-        assert!(matches!(end, Ok(None)), "the agent's side ends cleanly: {end:?}");
+        assert!(
+            matches!(end, Ok(None)),
+            "the agent's side ends cleanly: {end:?}"
+        );
     }
 
     pub async fn send(&self, body: S) {
