@@ -315,7 +315,14 @@ impl Reactor {
         }
         self.engine.end_batch(now, &mut out);
         if !out.writes.is_empty() {
+            let started = std::time::Instant::now();
             let lost: HashSet<String> = self.commit(&out.writes).await?.into_iter().collect();
+            tracing::debug!(
+                jobs = out.writes.jobs.len(),
+                logs = out.writes.logs.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch committed"
+            );
             if !lost.is_empty() {
                 self.forget_lost(&lost, &mut out, now);
                 // Their answers were computed on a job another replica owns:

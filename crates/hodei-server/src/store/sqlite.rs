@@ -23,7 +23,7 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
+use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::rows::{corrupt, decode_chunk, job_from_row, log_end_from_row, to_i64, worker_from_row};
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
@@ -68,12 +68,15 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
      slots = excluded.slots, last_seen = excluded.last_seen";
 
-/// The insert statements for one row and for [`ROWS_PER_INSERT`] rows, built
-/// once so that each is prepared once per connection.
-static UPSERT_JOBS_SQL: LazyLock<[String; 2]> =
-    LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_JOBS, 17, n, UPSERT_JOBS_TAIL)));
-static INSERT_LOGS_SQL: LazyLock<[String; 2]> =
-    LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_LOGS, 7, n, "")));
+/// Statement sizes: every power of two from 1 to [`ROWS_PER_INSERT`] rows.
+const SHAPES: usize = ROWS_PER_INSERT.trailing_zeros() as usize + 1;
+
+/// The insert statements for 1, 2, 4, … [`ROWS_PER_INSERT`] rows, built once
+/// so that each is prepared once per connection.
+static UPSERT_JOBS_SQL: LazyLock<[String; SHAPES]> =
+    LazyLock::new(|| std::array::from_fn(|k| multi_row(INSERT_JOBS, 17, 1 << k, UPSERT_JOBS_TAIL)));
+static INSERT_LOGS_SQL: LazyLock<[String; SHAPES]> =
+    LazyLock::new(|| std::array::from_fn(|k| multi_row(INSERT_LOGS, 7, 1 << k, "")));
 
 const GET_JOB: &str = select_jobs!("WHERE id = ?1");
 /// `?1` is a JSON array of ids: one statement whatever the number of ids.
@@ -122,9 +125,13 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full);
+        // No ping before each use (a round trip to the connection's
+        // thread): a connection to a local file does not go stale, and a
+        // failed statement is handled as a store outage anyway.
         let write = SqlitePoolOptions::new()
             .min_connections(1)
             .max_connections(1)
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(write_options)
@@ -133,6 +140,7 @@ impl SqliteStore {
         // Opened after the migration, so the file exists and is in WAL mode.
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(base.read_only(true))
@@ -177,33 +185,20 @@ impl Store for SqliteStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write.begin().await?;
         let jobs: Vec<&Job> = writes.jobs.values().collect();
-        for (sql, group) in batches(&jobs, &UPSERT_JOBS_SQL) {
-            let mut query = sqlx::query(sql);
-            for job in group {
-                query = bind_job(query, job)?;
-            }
-            query.execute(&mut *tx).await?;
+        let statements = batches(&jobs, &UPSERT_JOBS_SQL).count()
+            + batches(&writes.logs, &INSERT_LOGS_SQL).count()
+            + writes.workers.len();
+        let mut conn = self.write.acquire().await?;
+        if statements == 1 {
+            // A lone statement is a transaction of its own (autocommit):
+            // atomic, and on disk when it returns (synchronous = FULL). It
+            // spares the BEGIN and COMMIT round trips to the connection's
+            // thread.
+            return write_all(&mut conn, &jobs, writes).await;
         }
-        for (sql, group) in batches(&writes.logs, &INSERT_LOGS_SQL) {
-            let mut query = sqlx::query(sql);
-            for log in group {
-                query = bind_log(query, log)?;
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for worker in writes.workers.values() {
-            let labels = serde_json::to_string(&worker.labels)
-                .map_err(|e| corrupt(&worker.id, format!("cannot encode worker labels: {e}")))?;
-            sqlx::query(UPSERT_WORKER)
-                .bind(worker.id.as_str())
-                .bind(labels)
-                .bind(i64::from(worker.slots))
-                .bind(worker.last_seen)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        write_all(&mut tx, &jobs, writes).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -339,17 +334,58 @@ fn multi_row(head: &str, cols: usize, rows: usize, tail: &str) -> String {
     format!("{head}{}{tail}", vec![group; rows].join(", "))
 }
 
-/// Groups of [`ROWS_PER_INSERT`] items, then the rest one by one, each with
-/// the statement (of `sql`) for its size.
+/// The items in groups, each with the statement (of `sql`) for its size:
+/// the largest size that fits, each time. N items take N / 64 statements
+/// plus one per bit set in N % 64 (at most 6).
 fn batches<'a, T>(
     items: &'a [T],
-    sql: &'static [String; 2],
+    sql: &'static [String; SHAPES],
 ) -> impl Iterator<Item = (&'static str, &'a [T])> {
-    let full = items.len() / ROWS_PER_INSERT * ROWS_PER_INSERT;
-    let many = items[..full]
-        .chunks(ROWS_PER_INSERT)
-        .map(|g| (sql[1].as_str(), g));
-    many.chain(items[full..].chunks(1).map(|g| (sql[0].as_str(), g)))
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let fits = rest.len().min(ROWS_PER_INSERT);
+        if fits == 0 {
+            return None;
+        }
+        let k = fits.ilog2() as usize;
+        let (group, tail) = rest.split_at(1 << k);
+        rest = tail;
+        Some((sql[k].as_str(), group))
+    })
+}
+
+/// Writes the batch's jobs, logs and workers on `conn`.
+async fn write_all(
+    conn: &mut SqliteConnection,
+    jobs: &[&Job],
+    writes: &Writes,
+) -> Result<(), StoreError> {
+    for (sql, group) in batches(jobs, &UPSERT_JOBS_SQL) {
+        let mut query = sqlx::query(sql);
+        for job in group {
+            query = bind_job(query, job)?;
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for (sql, group) in batches(&writes.logs, &INSERT_LOGS_SQL) {
+        let mut query = sqlx::query(sql);
+        for log in group {
+            query = bind_log(query, log)?;
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for worker in writes.workers.values() {
+        let labels = serde_json::to_string(&worker.labels)
+            .map_err(|e| corrupt(&worker.id, format!("cannot encode worker labels: {e}")))?;
+        sqlx::query(UPSERT_WORKER)
+            .bind(worker.id.as_str())
+            .bind(labels)
+            .bind(i64::from(worker.slots))
+            .bind(worker.last_seen)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
@@ -387,4 +423,29 @@ fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreE
         .bind(to_i64(end, &log.job_id, "log end offset")?)
         .bind(log.timestamp_ms)
         .bind(&log.data[..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_item_in_order_with_few_statements() {
+        for n in 0..300usize {
+            let items: Vec<usize> = (0..n).collect();
+            let groups: Vec<_> = batches(&items, &INSERT_LOGS_SQL).collect();
+            let flat: Vec<usize> = groups.iter().flat_map(|(_, g)| g.iter().copied()).collect();
+            assert_eq!(flat, items, "n = {n}");
+            for (sql, g) in &groups {
+                assert!(g.len().is_power_of_two() && g.len() <= ROWS_PER_INSERT);
+                assert_eq!(
+                    sql.matches('(').count(),
+                    1 + g.len(),
+                    "the statement fits the group"
+                );
+            }
+            let expected = n / ROWS_PER_INSERT + (n % ROWS_PER_INSERT).count_ones() as usize;
+            assert_eq!(groups.len(), expected, "n = {n}");
+        }
+    }
 }

@@ -93,7 +93,11 @@ impl AgentProcess {
             .arg("--work-dir")
             .arg(dir.join(format!("work-{name}")))
             .env_remove("HODEI_JOIN_TOKEN_FILE")
-            .env("HODEI_LOG", "warn")
+            // Its log level (e.g. `hodei_agent=debug` to time a job's steps).
+            .env(
+                "HODEI_LOG",
+                std::env::var("HODEI_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
         match token {
