@@ -49,34 +49,6 @@ impl Runner {
     async fn run(self, a: pb::Assignment, cancel: watch::Receiver<bool>) {
         let spec = a.spec.clone().unwrap_or_default();
         let job_id = a.job_id.clone();
-        if let Err(e) = self.outbox.create_spool(&job_id).await {
-            // Without a spool there is nowhere to keep the output: do not run.
-            let message = format!("hodei: cannot create the job's log spool: {e}");
-            tracing::error!(job = %job_id, error = %e, "cannot create the job's log spool");
-            let outcome = Outcome::SpawnFailed { code: 126, message };
-            self.outbox
-                .finish(&job_id, result(&job_id, a.attempt, &outcome))
-                .await;
-            return;
-        }
-        if !a.secrets_error.is_empty() {
-            // Running it without a secret it needs would be wrong: fail it.
-            let message = format!("hodei: {}", a.secrets_error);
-            self.note(&job_id, &message).await;
-            let outcome = Outcome::SpawnFailed { code: 125, message };
-            self.outbox
-                .finish(&job_id, result(&job_id, a.attempt, &outcome))
-                .await;
-            return;
-        }
-        let filter = OutputFilter::new(
-            &a.secrets,
-            a.max_log_bytes,
-            a.stdout_offset.saturating_add(a.stderr_offset),
-        );
-        // The job's environment: its spec's, then its secrets.
-        let mut env: std::collections::BTreeMap<String, String> = spec.env.into_iter().collect();
-        env.extend(a.secrets.iter().map(|s| (s.name.clone(), s.value.clone())));
         let container = (!a.image.is_empty()).then(|| ContainerSpec {
             image: a.image.clone(),
             working_dir: Some(spec.working_dir.clone()).filter(|d| !d.is_empty()),
@@ -92,29 +64,47 @@ impl Runner {
         } else {
             (PathBuf::from(&spec.working_dir), false)
         };
-        let outcome = match prepare(&dir, ours).await {
-            Ok(()) => {
-                let exec = ExecSpec {
-                    job_id: a.job_id.clone(),
-                    attempt: a.attempt,
-                    command: a.command.clone(),
-                    env,
-                    working_dir: dir.clone(),
-                    timeout: (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms)),
-                    kill_grace: Duration::from_millis(if spec.kill_grace_ms > 0 {
-                        spec.kill_grace_ms
-                    } else {
-                        DEFAULT_KILL_GRACE_MS
-                    }),
-                    on_start: OnStart::default(),
-                    container,
-                };
-                self.execute(exec, cancel, filter).await
-            }
-            Err(message) => {
-                self.note(&job_id, &message).await;
-                Outcome::SpawnFailed { code: 126, message }
-            }
+        // Both are file-system round trips on blocking threads: at once.
+        let (spool, made) = tokio::join!(self.outbox.create_spool(&job_id), prepare(&dir, ours));
+        let outcome = if let Err(e) = spool {
+            // Without a spool there is nowhere to keep the output: do not run.
+            let message = format!("hodei: cannot create the job's log spool: {e}");
+            tracing::error!(job = %job_id, error = %e, "cannot create the job's log spool");
+            Outcome::SpawnFailed { code: 126, message }
+        } else if !a.secrets_error.is_empty() {
+            // Running it without a secret it needs would be wrong: fail it.
+            let message = format!("hodei: {}", a.secrets_error);
+            self.note(&job_id, &message).await;
+            Outcome::SpawnFailed { code: 125, message }
+        } else if let Err(message) = made {
+            self.note(&job_id, &message).await;
+            Outcome::SpawnFailed { code: 126, message }
+        } else {
+            let filter = OutputFilter::new(
+                &a.secrets,
+                a.max_log_bytes,
+                a.stdout_offset.saturating_add(a.stderr_offset),
+            );
+            // The job's environment: its spec's, then its secrets.
+            let mut env: std::collections::BTreeMap<String, String> =
+                spec.env.into_iter().collect();
+            env.extend(a.secrets.iter().map(|s| (s.name.clone(), s.value.clone())));
+            let exec = ExecSpec {
+                job_id: a.job_id.clone(),
+                attempt: a.attempt,
+                command: a.command.clone(),
+                env,
+                working_dir: dir.clone(),
+                timeout: (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms)),
+                kill_grace: Duration::from_millis(if spec.kill_grace_ms > 0 {
+                    spec.kill_grace_ms
+                } else {
+                    DEFAULT_KILL_GRACE_MS
+                }),
+                on_start: OnStart::default(),
+                container,
+            };
+            self.execute(exec, cancel, filter).await
         };
         tracing::info!(job = %job_id, attempt = a.attempt, ?outcome, "job finished");
         self.outbox
@@ -123,6 +113,7 @@ impl Runner {
         if ours
             && !self.keep_work_dirs
             && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
         }

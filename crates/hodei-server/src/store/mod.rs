@@ -2,6 +2,7 @@
 //! without touching the rest. The orchestrator writes only through
 //! [`Store::commit`], one transaction per engine batch; everything else reads.
 
+mod batch;
 mod cluster;
 mod listing;
 mod pg_replica;

@@ -26,6 +26,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::Cluster;
+use super::batch::{SHAPES, batches, shapes};
 use super::pg_replica;
 use super::pg_sql::{list_sql, multi_row};
 use super::rows::{
@@ -38,7 +39,6 @@ const MAX_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1001;
-const ROWS_PER_INSERT: usize = 64;
 
 /// The columns a job is decoded from (see `rows::job_from_row`).
 macro_rules! job_columns {
@@ -83,14 +83,14 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
 /// a job that another replica created first under the same id (a job's
 /// sequence number never changes, so another one means another creation);
 /// the ids written are returned. The last parameter is this replica's id.
-static UPSERT_JOBS_SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
-    [1, ROWS_PER_INSERT].map(|n| {
+static UPSERT_JOBS_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
+    shapes(|n| {
         let tail = format!("{UPSERT_JOBS_TAIL}${}) RETURNING id", n * JOB_COLS + 1);
         multi_row(INSERT_JOBS, JOB_COLS, JOB_CASTS, n, &tail)
     })
 });
-static INSERT_LOGS_SQL: LazyLock<[String; 2]> =
-    LazyLock::new(|| [1, ROWS_PER_INSERT].map(|n| multi_row(INSERT_LOGS, 7, &[], n, "")));
+static INSERT_LOGS_SQL: LazyLock<[String; SHAPES]> =
+    LazyLock::new(|| shapes(|n| multi_row(INSERT_LOGS, 7, &[], n, "")));
 
 const GET_JOB: &str = select_jobs!("WHERE id = $1");
 const GET_JOBS: &str = select_jobs!("WHERE id = ANY($1) ORDER BY seq");
@@ -365,17 +365,6 @@ pub(super) async fn write_jobs_logs_workers(
             .await?;
     }
     Ok(written)
-}
-
-fn batches<'a, T>(
-    items: &'a [T],
-    sql: &'static [String; 2],
-) -> impl Iterator<Item = (&'static str, &'a [T])> {
-    let full = items.len() / ROWS_PER_INSERT * ROWS_PER_INSERT;
-    let many = items[..full]
-        .chunks(ROWS_PER_INSERT)
-        .map(|g| (sql[1].as_str(), g));
-    many.chain(items[full..].chunks(1).map(|g| (sql[0].as_str(), g)))
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;

@@ -25,6 +25,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection};
 
+use super::batch::{SHAPES, batches, shapes};
 use super::rows::{corrupt, decode_chunk, job_from_row, log_end_from_row, to_i64, worker_from_row};
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
 
@@ -48,10 +49,6 @@ macro_rules! select_jobs {
     };
 }
 
-/// Rows per multi-row `INSERT`: a batch of N rows costs about N / 64 round
-/// trips to the connection's thread instead of N.
-const ROWS_PER_INSERT: usize = 64;
-
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, exit_code, signal, \
      reason, cancel_requested, name, priority, spec, created_at, assigned_at, started_at, \
      finished_at, submitter) VALUES ";
@@ -68,15 +65,12 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
      slots = excluded.slots, last_seen = excluded.last_seen";
 
-/// Statement sizes: every power of two from 1 to [`ROWS_PER_INSERT`] rows.
-const SHAPES: usize = ROWS_PER_INSERT.trailing_zeros() as usize + 1;
-
-/// The insert statements for 1, 2, 4, … [`ROWS_PER_INSERT`] rows, built once
+/// The insert statements for each size (see [`super::batch`]), built once
 /// so that each is prepared once per connection.
 static UPSERT_JOBS_SQL: LazyLock<[String; SHAPES]> =
-    LazyLock::new(|| std::array::from_fn(|k| multi_row(INSERT_JOBS, 17, 1 << k, UPSERT_JOBS_TAIL)));
+    LazyLock::new(|| shapes(|n| multi_row(INSERT_JOBS, 17, n, UPSERT_JOBS_TAIL)));
 static INSERT_LOGS_SQL: LazyLock<[String; SHAPES]> =
-    LazyLock::new(|| std::array::from_fn(|k| multi_row(INSERT_LOGS, 7, 1 << k, "")));
+    LazyLock::new(|| shapes(|n| multi_row(INSERT_LOGS, 7, n, "")));
 
 const GET_JOB: &str = select_jobs!("WHERE id = ?1");
 /// `?1` is a JSON array of ids: one statement whatever the number of ids.
@@ -334,26 +328,6 @@ fn multi_row(head: &str, cols: usize, rows: usize, tail: &str) -> String {
     format!("{head}{}{tail}", vec![group; rows].join(", "))
 }
 
-/// The items in groups, each with the statement (of `sql`) for its size:
-/// the largest size that fits, each time. N items take N / 64 statements
-/// plus one per bit set in N % 64 (at most 6).
-fn batches<'a, T>(
-    items: &'a [T],
-    sql: &'static [String; SHAPES],
-) -> impl Iterator<Item = (&'static str, &'a [T])> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        let fits = rest.len().min(ROWS_PER_INSERT);
-        if fits == 0 {
-            return None;
-        }
-        let k = fits.ilog2() as usize;
-        let (group, tail) = rest.split_at(1 << k);
-        rest = tail;
-        Some((sql[k].as_str(), group))
-    })
-}
-
 /// Writes the batch's jobs, logs and workers on `conn`.
 async fn write_all(
     conn: &mut SqliteConnection,
@@ -423,29 +397,4 @@ fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreE
         .bind(to_i64(end, &log.job_id, "log end offset")?)
         .bind(log.timestamp_ms)
         .bind(&log.data[..]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_cover_every_item_in_order_with_few_statements() {
-        for n in 0..300usize {
-            let items: Vec<usize> = (0..n).collect();
-            let groups: Vec<_> = batches(&items, &INSERT_LOGS_SQL).collect();
-            let flat: Vec<usize> = groups.iter().flat_map(|(_, g)| g.iter().copied()).collect();
-            assert_eq!(flat, items, "n = {n}");
-            for (sql, g) in &groups {
-                assert!(g.len().is_power_of_two() && g.len() <= ROWS_PER_INSERT);
-                assert_eq!(
-                    sql.matches('(').count(),
-                    1 + g.len(),
-                    "the statement fits the group"
-                );
-            }
-            let expected = n / ROWS_PER_INSERT + (n % ROWS_PER_INSERT).count_ones() as usize;
-            assert_eq!(groups.len(), expected, "n = {n}");
-        }
-    }
 }
