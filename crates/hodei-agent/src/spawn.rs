@@ -35,7 +35,9 @@
 //!    died, the child gives up (`ESRCH`) instead of running unwatched;
 //! 4. stdin from `/dev/null`, stdout and stderr to the pipes (`dup2`),
 //!    then `chdir` into the working directory;
-//! 5. `execve`. Every descriptor the agent holds is close-on-exec.
+//! 5. `execve`. Every descriptor the agent holds is close-on-exec. A file
+//!    the kernel cannot execute (`ENOEXEC`: a script without `#!`) is run
+//!    by `/bin/sh`, as `execvp(3)` does.
 //!
 //! If a step fails, the child writes `errno` to a close-on-exec pipe and
 //! exits with 127; the parent reads that pipe once `clone` has returned (by
@@ -150,10 +152,15 @@ mod linux {
     /// The child's stack: it only makes a few system calls.
     const CHILD_STACK: usize = 64 * 1024;
 
+    /// Runs what the kernel cannot execute, as `execvp(3)` does.
+    const SH: &std::ffi::CStr = c"/bin/sh";
+
     /// Everything the child reads, prepared by the parent.
     struct ChildArgs {
         path: *const c_char,
         argv: *const *const c_char,
+        /// `/bin/sh path argv[1..]`, for a file without `#!`.
+        sh_argv: *const *const c_char,
         envp: *const *const c_char,
         cwd: *const c_char,
         stdin: RawFd,
@@ -201,6 +208,11 @@ mod linux {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(ptr::null()))
             .collect();
+        let sh_argv_ptrs: Vec<*const c_char> = [SH.as_ptr(), path.as_ptr()]
+            .into_iter()
+            .chain(argv.iter().skip(1).map(|a| a.as_ptr()))
+            .chain(std::iter::once(ptr::null()))
+            .collect();
         let envp_ptrs: Vec<*const c_char> = envp
             .iter()
             .map(|e| e.as_ptr())
@@ -215,6 +227,7 @@ mod linux {
         let args = ChildArgs {
             path: path.as_ptr(),
             argv: argv_ptrs.as_ptr(),
+            sh_argv: sh_argv_ptrs.as_ptr(),
             envp: envp_ptrs.as_ptr(),
             cwd: cwd.as_ptr(),
             stdin: stdin.as_raw_fd(),
@@ -347,6 +360,9 @@ mod linux {
                 fail(a.fail, errno());
             }
             libc::execve(a.path, a.argv, a.envp);
+            if errno() == libc::ENOEXEC {
+                libc::execve(SH.as_ptr(), a.sh_argv, a.envp);
+            }
             fail(a.fail, errno())
         }
     }

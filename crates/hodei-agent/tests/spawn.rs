@@ -138,3 +138,17 @@ async fn a_nul_byte_is_a_spawn_failure() {
         "{outcome:?}"
     );
 }
+
+/// A script without `#!` is run by `/bin/sh`, as `execvp(3)` (and a shell)
+/// would, with its arguments.
+#[tokio::test]
+async fn a_script_without_a_shebang_runs_under_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("build");
+    std::fs::write(&script, "echo \"built $1\"\n").expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (outcome, out) = run(spec("j", &["./build", "it"], dir.path())).await;
+    assert_eq!(outcome, Outcome::Exited { code: 0 });
+    assert_eq!(out, b"built it\n");
+}
