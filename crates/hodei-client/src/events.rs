@@ -1,6 +1,5 @@
 //! The job-state event stream (`GET /api/v1/events`, Server-Sent Events).
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hodei_core::Job;
@@ -49,15 +48,12 @@ impl Client {
             req = req.query(&[("job", id)]);
         }
         let resp = self.send(req).await?;
-        let stream = resp
-            .bytes_stream()
-            .eventsource()
-            .filter_map(|ev| async move {
-                match ev {
-                    Ok(ev) => decode(&ev.event, &ev.data).transpose(),
-                    Err(e) => Some(Err(ClientError::Protocol(e.to_string()))),
-                }
-            });
+        let stream = crate::sse::events(resp.bytes_stream()).filter_map(|ev| async move {
+            match ev {
+                Ok(ev) => decode(&ev.event, &ev.data).transpose(),
+                Err(e) => Some(Err(ClientError::Protocol(e.to_string()))),
+            }
+        });
         Ok(stream.boxed())
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use hodei_core::api::{
     BatchSubmitRequest, BatchSubmitResponse, EndEvent, ErrorBody, JobList, JobQuery, LogEvent,
@@ -16,6 +15,7 @@ use hodei_core::{Job, JobState, LogStream};
 use serde::de::DeserializeOwned;
 
 mod events;
+pub mod sse;
 
 pub use events::{ApiEvent, Events};
 
@@ -350,7 +350,7 @@ impl Client {
             }
             let err = match self.send(req).await {
                 Ok(resp) => {
-                    let mut events = resp.bytes_stream().eventsource();
+                    let mut events = std::pin::pin!(sse::events(resp.bytes_stream()));
                     let mut err = None;
                     while let Some(ev) = events.next().await {
                         let ev = match ev {
