@@ -242,7 +242,8 @@ impl Executor for ProcessExecutor {
 /// the agent's), the agent's environment plus `spec.env` plus
 /// `HODEI_JOB_ID` and `HODEI_ATTEMPT`, in `spec.working_dir`; see
 /// [`crate::spawn`]. Runs on the calling (runtime worker) thread, which the
-/// death signal is tied to.
+/// death signal is tied to; the `PATH` lookup's few `stat` calls run there
+/// too, as they would inside `std`'s spawn.
 fn start(program: &str, spec: &ExecSpec) -> io::Result<spawn::Leader> {
     let attempt = spec.attempt.to_string();
     let env = spawn::environment(

@@ -267,7 +267,10 @@ mod linux {
             return Err(clone_error);
         }
         let pid = Pid::from_raw(pid);
-        // The child has exec'd (closing its end) or exited: this does not block.
+        // The child has exec'd (closing its end) or exited, so this does
+        // not block; at most briefly, while a child that another thread
+        // started at the same moment still holds a copy of the write end
+        // until its own execve.
         let mut errno = [0u8; 4];
         let mut got = 0;
         while got < errno.len() {
@@ -351,8 +354,17 @@ mod linux {
             if libc::getppid() != a.parent {
                 fail(a.fail, libc::ESRCH);
             }
+            // The sources are not 0, 1 or 2 (the Rust runtime opens
+            // /dev/null on any of them that is closed at start-up), so no
+            // dup2 overwrites a source still to be copied; a source already
+            // in place only loses its close-on-exec flag.
             for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
-                if libc::dup2(from, to) < 0 {
+                let done = if from == to {
+                    libc::fcntl(to, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(from, to)
+                };
+                if done < 0 {
                     fail(a.fail, errno());
                 }
             }
