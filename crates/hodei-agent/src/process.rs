@@ -286,6 +286,14 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
+        // Dropped before the leader was reaped (the `run` future was
+        // dropped): reap it in the background, or it stays a zombie for as
+        // long as the agent lives.
+        if let Some(pid) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || wait_for(pid));
+        }
     }
 }
 

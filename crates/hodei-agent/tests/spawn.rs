@@ -152,3 +152,40 @@ async fn a_script_without_a_shebang_runs_under_sh() {
     assert_eq!(outcome, Outcome::Exited { code: 0 });
     assert_eq!(out, b"built it\n");
 }
+
+/// A job whose `run` future is dropped is killed and its leader reaped:
+/// no zombie is left behind for the agent's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_job_leaves_no_zombie() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pid");
+    let script = "echo $$ > pid.tmp && mv pid.tmp pid; exec sleep 1000";
+    let spec = spec("j", &["sh", "-c", script], dir.path());
+    let (tx, _rx) = mpsc::channel(16);
+    let (_cancel_tx, cancel) = watch::channel(false);
+    let job = tokio::spawn(async move { ProcessExecutor::new().run(spec, tx, cancel).await });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    job.abort();
+    assert!(job.await.expect_err("aborted").is_cancelled());
+    // Reaped: the pid no longer exists at all (a zombie still would).
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pid {pid} still exists"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
