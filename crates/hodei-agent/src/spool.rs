@@ -7,7 +7,6 @@
 //! <spool>/lock                   flock(2)ed by the agent that owns the spool
 //! <spool>/<job id>@<attempt>/    one directory per attempt
 //!     stdout, stderr             the streams; file offset == stream offset
-//!                                (each created on its stream's first write)
 //!     meta.json                  job id, attempt, stream base offsets,
 //!                                acknowledged offsets, the process (pid,
 //!                                pgid, start time, boot id) and the result
@@ -49,7 +48,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -146,25 +145,30 @@ pub fn attempt_dir_name(job_id: &str, attempt: u32) -> String {
 #[derive(Debug)]
 pub struct AttemptFiles {
     dir: PathBuf,
-    /// Created on the stream's first write: a job that prints nothing to
-    /// a stream costs no file for it (two file creations and deletions per
-    /// job that prints nothing at all).
-    streams: [OnceLock<File>; 2],
+    streams: [File; 2],
     meta: Mutex<Meta>,
 }
 
 impl AttemptFiles {
     /// Creates a fresh directory for the attempt (replacing a leftover one
-    /// of the same name) with its `meta.json`.
+    /// of the same name) with empty stream files and its `meta.json`.
     pub fn create(root: &Path, meta: Meta) -> io::Result<AttemptFiles> {
         let dir = root.join(attempt_dir_name(&meta.job_id, meta.attempt));
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
         fs::create_dir(&dir)?;
+        let open = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dir.join(name))
+        };
+        let streams = [open(STREAM_FILES[0])?, open(STREAM_FILES[1])?];
         let files = AttemptFiles {
             dir,
-            streams: [OnceLock::new(), OnceLock::new()],
+            streams,
             meta: Mutex::new(meta),
         };
         // Not fsynced: see "What is fsynced, and when" above.
@@ -173,22 +177,12 @@ impl AttemptFiles {
     }
 
     /// Opens an existing attempt directory whose `meta.json` was read.
-    /// A stream file that was never written is absent: the stream is empty.
     pub fn open(dir: &Path, meta: Meta) -> io::Result<AttemptFiles> {
         let open = |name: &str| {
-            let cell = OnceLock::new();
-            match OpenOptions::new()
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(dir.join(name))
-            {
-                Ok(file) => {
-                    let _ = cell.set(file);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            Ok(cell)
         };
         Ok(AttemptFiles {
             dir: dir.to_path_buf(),
@@ -253,12 +247,10 @@ impl AttemptFiles {
         change: impl FnOnce(&mut Meta),
     ) -> io::Result<()> {
         for (file, dirty) in self.streams.iter().zip(unacked) {
-            if let (Some(file), true) = (file.get(), dirty) {
+            if dirty {
                 file.sync_data()?;
             }
         }
-        // Also makes a stream file created since the directory was made
-        // durable (the directory is fsynced).
         self.update_meta(change)?;
         match self.dir.parent() {
             Some(root) => sync_dir(root),
@@ -268,26 +260,20 @@ impl AttemptFiles {
 
     /// Writes `data` at `offset` of stream `stream` (0 = stdout, 1 = stderr).
     pub fn write_at(&self, stream: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.stream_for_write(stream)?.write_all_at(data, offset)
+        self.stream(stream)?.write_all_at(data, offset)
     }
 
     /// Reads exactly `len` bytes at `offset` of stream `stream`.
     pub fn read_at(&self, stream: usize, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0; len];
-        if len > 0 {
-            self.existing(stream)?
-                .ok_or(io::ErrorKind::UnexpectedEof)?
-                .read_exact_at(&mut buf, offset)?;
-        }
+        self.stream(stream)?.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     }
 
     /// Frees `[from, to)` of a stream. Returns false when the filesystem
     /// cannot punch holes (nothing is freed then, nothing is wrong either).
     pub fn punch(&self, stream: usize, from: u64, to: u64) -> io::Result<bool> {
-        let Some(file) = self.existing(stream)? else {
-            return Ok(true); // Never written: nothing to free.
-        };
+        let file = self.stream(stream)?;
         if to <= from {
             return Ok(true);
         }
@@ -297,23 +283,17 @@ impl AttemptFiles {
     /// The first offset at or after `from` that holds data (not a punched
     /// hole); `from` itself where the filesystem does not tell.
     pub fn data_from(&self, stream: usize, from: u64) -> io::Result<u64> {
-        match self.existing(stream)? {
-            Some(file) => seek_data(file, from),
-            None => Ok(from),
-        }
+        seek_data(self.stream(stream)?, from)
     }
 
-    /// The current length of a stream file (0 for one never written).
+    /// The current length of a stream file.
     pub fn len(&self, stream: usize) -> io::Result<u64> {
-        match self.existing(stream)? {
-            Some(file) => Ok(file.metadata()?.len()),
-            None => Ok(0),
-        }
+        Ok(self.stream(stream)?.metadata()?.len())
     }
 
     /// Flushes both stream files to disk.
     pub fn sync_logs(&self) -> io::Result<()> {
-        for f in self.streams.iter().filter_map(OnceLock::get) {
+        for f in &self.streams {
             f.sync_data()?;
         }
         Ok(())
@@ -327,32 +307,10 @@ impl AttemptFiles {
         }
     }
 
-    fn cell(&self, stream: usize) -> io::Result<&OnceLock<File>> {
+    fn stream(&self, stream: usize) -> io::Result<&File> {
         self.streams
             .get(stream)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such stream"))
-    }
-
-    /// The stream's file, if it was ever written.
-    fn existing(&self, stream: usize) -> io::Result<Option<&File>> {
-        Ok(self.cell(stream)?.get())
-    }
-
-    /// The stream's file, created on the first write.
-    fn stream_for_write(&self, stream: usize) -> io::Result<&File> {
-        let cell = self.cell(stream)?;
-        if let Some(file) = cell.get() {
-            return Ok(file);
-        }
-        // Writes to one stream come one at a time (the outbox's writer
-        // lock); if two ever raced, both opened the same file (no truncation).
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.dir.join(STREAM_FILES[stream]))?;
-        Ok(cell.get_or_init(|| file))
     }
 }
 
@@ -481,35 +439,5 @@ mod tests {
         assert_eq!(meta.acked, [1, 0]);
         assert_eq!(files.read_at(0, 0, 3).expect("log"), b"hi\n");
         assert!(!files.dir().join(META_TMP).exists(), "no temporary left");
-    }
-
-    #[test]
-    fn a_stream_never_written_has_no_file_and_reads_as_empty_after_a_restart() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let files = AttemptFiles::create(root.path(), Meta::new("j", 1, [0, 0])).expect("create");
-        assert!(!files.dir().join("stdout").exists());
-        assert!(!files.dir().join("stderr").exists());
-        assert_eq!(files.len(1).expect("len"), 0);
-        assert_eq!(files.data_from(1, 0).expect("data_from"), 0);
-        assert!(files.punch(1, 0, 4096).expect("punch"));
-        assert_eq!(files.read_at(1, 0, 0).expect("empty read"), b"");
-        files.write_at(0, 0, b"hi\n").expect("write");
-        assert!(files.dir().join("stdout").exists(), "created on the first write");
-        files
-            .make_result_durable([true, false], |m| m.result = Some(result()))
-            .expect("durable result");
-        let dir = files.dir().to_path_buf();
-        drop(files);
-
-        // A restarted agent finds the result and only the stream written.
-        let (_lock, recovery) = crate::recover::open_spool(root.path()).expect("reopen");
-        assert_eq!(recovery.discarded, 0);
-        let [resumed] = &recovery.resumed[..] else {
-            panic!("one attempt resumed: {recovery:?}")
-        };
-        assert_eq!(resumed.files.dir(), dir);
-        assert_eq!(resumed.files.read_at(0, 0, 3).expect("log"), b"hi\n");
-        assert_eq!(resumed.files.len(1).expect("len"), 0);
-        assert_eq!(resumed.resume, [0, 0]);
     }
 }
