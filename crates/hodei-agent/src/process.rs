@@ -137,38 +137,19 @@ impl Executor for ProcessExecutor {
                 return spawn_failed(code, message, &output).await;
             }
         };
-        let pgid = leader.pid;
+        let (pgid, out, err) = leader;
         let pid = pgid.as_raw();
         debug!(job, pid, "started");
         spec.on_start.started(pid.unsigned_abs());
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let pipes = (
-            pipe::Receiver::from_owned_fd(leader.stdout),
-            pipe::Receiver::from_owned_fd(leader.stderr),
-        );
-        let (stdout, stderr) = match pipes {
-            (Ok(out), Ok(err)) => (
-                tokio::spawn(pump(
-                    out,
-                    LogStream::Stdout,
-                    output.clone(),
-                    stop_rx.clone(),
-                )),
-                tokio::spawn(pump(err, LogStream::Stderr, output.clone(), stop_rx)),
-            ),
-            (Err(e), _) | (_, Err(e)) => {
-                // Cannot happen for fresh pipes; never leave the job running.
-                let _ = killpg(pgid, Signal::SIGKILL);
-                let _ = reap(pgid, job).await;
-                return spawn_failed(
-                    126,
-                    format!("hodei: cannot read the job's output: {e}"),
-                    &output,
-                )
-                .await;
-            }
-        };
+        let stdout = tokio::spawn(pump(
+            out,
+            LogStream::Stdout,
+            output.clone(),
+            stop_rx.clone(),
+        ));
+        let stderr = tokio::spawn(pump(err, LogStream::Stderr, output.clone(), stop_rx));
         drop(output);
         let mut drained = pin!(join_pumps(stdout, stderr).fuse());
 
@@ -244,7 +225,9 @@ impl Executor for ProcessExecutor {
 /// [`crate::spawn`]. Runs on the calling (runtime worker) thread, which the
 /// death signal is tied to; the `PATH` lookup's few `stat` calls run there
 /// too, as they would inside `std`'s spawn.
-fn start(program: &str, spec: &ExecSpec) -> io::Result<spawn::Leader> {
+///
+/// Returns the leader's pid (its group id) and its stdout and stderr pipes.
+fn start(program: &str, spec: &ExecSpec) -> io::Result<(Pid, pipe::Receiver, pipe::Receiver)> {
     let attempt = spec.attempt.to_string();
     let env = spawn::environment(
         spec.env
@@ -260,12 +243,25 @@ fn start(program: &str, spec: &ExecSpec) -> io::Result<spawn::Leader> {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_os_str());
     let path = spawn::resolve(program, path_var)?;
-    spawn::spawn(spawn::Spawn {
+    let leader = spawn::spawn(spawn::Spawn {
         path: &path,
         argv: &spec.command,
         env: &env,
         cwd: &spec.working_dir,
-    })
+    })?;
+    let pipes = (
+        pipe::Receiver::from_owned_fd(leader.stdout),
+        pipe::Receiver::from_owned_fd(leader.stderr),
+    );
+    match pipes {
+        (Ok(out), Ok(err)) => Ok((leader.pid, out, err)),
+        (Err(e), _) | (_, Err(e)) => {
+            // Not for fresh pipes; but never leave the job running.
+            let _ = killpg(leader.pid, Signal::SIGKILL);
+            let _ = wait_for(leader.pid);
+            Err(e)
+        }
+    }
 }
 
 /// Sends signals to the job's process group while it may do so: `None` once

@@ -585,6 +585,13 @@ mod tests {
             ),
             (
                 JobSpec {
+                    secrets: vec!["a\0b".into()],
+                    ..JobSpec::command(["true"])
+                },
+                "secrets",
+            ),
+            (
+                JobSpec {
                     memory_bytes: Some(64 << 20),
                     ..JobSpec::command(["true"])
                 },

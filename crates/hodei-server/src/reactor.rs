@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use hodei_core::Millis;
 use hodei_core::engine::{Engine, Input, Notice, Reply, RequestId, SessionId, ToAgent};
-use hodei_core::spec::validate_job_id;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::store::{Store, StoreError};
@@ -385,11 +384,8 @@ impl Reactor {
         });
         let ids: Vec<String> = inputs
             .filter_map(|input| match input {
-                // An invalid id is refused by the engine; looking it up
-                // could fail in the store (PostgreSQL refuses NUL bytes)
-                // and be taken for an outage.
                 Input::Submit { id, .. } | Input::Cancel { id, .. }
-                    if self.engine.needs_lookup(id) && validate_job_id(id).is_ok() =>
+                    if self.engine.needs_lookup(id) =>
                 {
                     Some(id.clone())
                 }

@@ -157,9 +157,12 @@ impl Engine {
     }
 
     /// Whether the shell must look `job_id` up in the store before a
-    /// `Submit` or `Cancel` input: true when the job is not in memory.
+    /// `Submit` or `Cancel` input: true when the job is not in memory and
+    /// the id is valid. An invalid id names no job (the engine refuses it),
+    /// and looking it up could fail in the store (PostgreSQL refuses NUL
+    /// bytes) and be taken for an outage.
     pub fn needs_lookup(&self, job_id: &str) -> bool {
-        !self.jobs.contains_key(job_id)
+        !self.jobs.contains_key(job_id) && crate::spec::validate_job_id(job_id).is_ok()
     }
 
     /// The live job with this id, if it is not finished.

@@ -85,6 +85,16 @@ fn totals(stdout: &[u8], stderr: &[u8]) -> Option<[StreamTotal; 2]> {
 }
 
 #[test]
+fn only_valid_ids_not_in_memory_need_a_store_lookup() {
+    let mut e = engine();
+    assert!(e.needs_lookup("j"));
+    batch(&mut e, 1, vec![submit(7, "j", JobSpec::command(["true"]))]);
+    assert!(!e.needs_lookup("j"), "in memory");
+    assert!(!e.needs_lookup("a\0b"), "an invalid id names no job");
+    assert!(!e.needs_lookup(""), "an invalid id names no job");
+}
+
+#[test]
 fn submitted_job_is_stored_then_pushed_to_a_free_worker() {
     let mut e = engine();
     batch(&mut e, 0, vec![attach(1, "w", &[], 1)]);

@@ -229,7 +229,7 @@ impl Reactor {
                         ref id, ref reason, ..
                     },
                     _,
-                ) if self.engine.needs_lookup(id) && validate_job_id(id).is_ok() => {
+                ) if self.engine.needs_lookup(id) => {
                     match store.get_job(id).await? {
                         Some(job) if job.state == JobState::Queued => {
                             first.push(Input::Adopt {
