@@ -37,7 +37,7 @@ use tokio::sync::{Notify, watch};
 use tracing::warn;
 
 use crate::recover::{KillResult, SpoolLock, open_spool, process_record};
-use crate::spool::{AttemptFiles, Meta, PUNCH_BLOCK};
+use crate::spool::{AttemptFiles, Meta, PUNCH_BLOCK, Recycler};
 
 mod send;
 mod stream;
@@ -112,6 +112,8 @@ pub struct Outbox {
     /// Wakes the sender when there is something to send.
     pub ready: Notify,
     spool: PathBuf,
+    /// Acknowledged attempts' directories, emptied for the next attempts.
+    recycler: Arc<Recycler>,
     max_bytes: u64,
     _lock: SpoolLock,
 }
@@ -122,9 +124,14 @@ impl Outbox {
     /// left there.
     pub async fn open(spool_dir: PathBuf, max_bytes: u64) -> io::Result<(Outbox, RecoverySummary)> {
         let dir = spool_dir.clone();
-        let (lock, recovery) = tokio::task::spawn_blocking(move || open_spool(&dir))
-            .await
-            .map_err(io::Error::other)??;
+        let (lock, recovery, recycler) = tokio::task::spawn_blocking(move || {
+            let (lock, recovery) = open_spool(&dir)?;
+            // After recovery, which leaves the pool alone: it is emptied here.
+            let recycler = Recycler::open(&dir)?;
+            Ok::<_, io::Error>((lock, recovery, recycler))
+        })
+        .await
+        .map_err(io::Error::other)??;
         let mut state = State::default();
         let mut summary = RecoverySummary {
             abandoned: recovery.abandoned,
@@ -163,6 +170,7 @@ impl Outbox {
             state: Mutex::new(state),
             ready: Notify::new(),
             spool: spool_dir,
+            recycler: Arc::new(recycler),
             max_bytes,
             _lock: lock,
         };
@@ -204,9 +212,11 @@ impl Outbox {
             Meta::new(job_id, e.attempt, [e.streams[0].base, e.streams[1].base])
         };
         let root = self.spool.clone();
-        let files = tokio::task::spawn_blocking(move || AttemptFiles::create(&root, meta))
-            .await
-            .map_err(io::Error::other)??;
+        let recycled = self.recycler.take();
+        let files =
+            tokio::task::spawn_blocking(move || AttemptFiles::create_from(&root, meta, recycled))
+                .await
+                .map_err(io::Error::other)??;
         if let Some(e) = self.lock().jobs.get_mut(job_id) {
             e.files = Some(Arc::new(files));
         }
@@ -364,12 +374,26 @@ impl Outbox {
         };
         let Some(entry) = removed else { return false };
         if let Some(files) = entry.files {
-            let removed = tokio::task::spawn_blocking(move || files.remove()).await;
+            let recycler = self.recycler.clone();
+            let removed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(files) {
+                Ok(files) => recycler.retire(files),
+                // Still being read for sending (its last bytes): not reused.
+                Err(files) => files.remove(),
+            })
+            .await;
             if let Ok(Err(e)) = removed {
                 warn!(job = %ack.job_id, error = %e, "cannot delete the job's spool entry");
             }
         }
         true
+    }
+
+    /// The agent is leaving: deletes the pool of emptied spool entries.
+    pub async fn close(&self) {
+        let recycler = self.recycler.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || recycler.clear()).await {
+            warn!(error = %e, "cannot delete the spool's recycled entries");
+        }
     }
 
     /// A new session starts: everything unacknowledged is due again.

@@ -56,8 +56,9 @@
 //! # Process group id reuse
 //!
 //! The group id is the leader's pid, and a pid is free for reuse once nothing
-//! holds it. On Linux the executor learns that the leader exited with
-//! `waitid(WEXITED | WNOWAIT)`, which leaves it an unreaped zombie: its pid,
+//! holds it. On Linux the executor learns that the leader exited from a
+//! pidfd (or, on kernels without one, `waitid(WEXITED | WNOWAIT)` on a
+//! blocking thread), which leaves it an unreaped zombie: its pid,
 //! and so the group id, stay reserved. The leader is reaped only after the
 //! last signal to its group, and the group is never signalled afterwards, so
 //! a signal can never reach an unrelated process group that reused the id.
@@ -314,9 +315,22 @@ impl Reaped {
 /// Resolves once the leader has exited, leaving it an unreaped zombie so its
 /// pid (the group id) stays reserved. Errors mean it cannot be waited for
 /// (already gone) and count as exited.
+///
+/// Waits on a pidfd (Linux 5.3+) registered with the runtime's reactor, so no
+/// thread is parked per running job; where there is no pidfd,
+/// `waitid(WEXITED | WNOWAIT)` on a blocking thread.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 async fn leader_exited(pid: Pid, _reaped: &Reaped) {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    match pidfd(pid) {
+        // A pidfd polls readable once the process has exited; the zombie
+        // is still there (nothing reaped it), so the group id stays ours.
+        Ok(fd) => {
+            let _ = fd.readable().await;
+            return;
+        }
+        Err(err) => debug!(pid = pid.as_raw(), %err, "no pidfd; waiting on a thread"),
+    }
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
     let waited = tokio::task::spawn_blocking(move || {
         loop {
@@ -332,6 +346,25 @@ async fn leader_exited(pid: Pid, _reaped: &Reaped) {
     }
 }
 
+/// `pidfd_open(pid)`, registered with the runtime for readability.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn pidfd(pid: Pid) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file
+    // descriptor or -1; nothing else is read or written.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an `OwnedFd` is a valid open descriptor that only it closes,
+    // and `as_raw_fd` always returns that same descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
 /// Resolves once the leader has exited. Without `waitid` this reaps it.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 async fn leader_exited(pid: Pid, reaped: &Reaped) {
@@ -342,10 +375,14 @@ async fn leader_exited(pid: Pid, reaped: &Reaped) {
 
 /// Reaps the leader (which has exited) and returns its exit status.
 async fn reap(pid: Pid, job: &str) -> Option<ExitStatus> {
-    let status = tokio::task::spawn_blocking(move || wait_for(pid))
-        .await
-        .ok()
-        .flatten();
+    // It has exited, so this does not block; a thread only if it had not.
+    let status = match try_reap(pid) {
+        Some(status) => Some(status),
+        None => tokio::task::spawn_blocking(move || wait_for(pid))
+            .await
+            .ok()
+            .flatten(),
+    };
     if status.is_none() {
         warn!(
             job,
@@ -354,6 +391,22 @@ async fn reap(pid: Pid, job: &str) -> Option<ExitStatus> {
         );
     }
     status
+}
+
+/// `waitpid(pid, WNOHANG)`: reaps the child if it has exited.
+fn try_reap(pid: Pid) -> Option<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid(2) on our own child, with a valid status pointer.
+        let r = unsafe { nix::libc::waitpid(pid.as_raw(), &mut status, nix::libc::WNOHANG) };
+        if r == pid.as_raw() {
+            return Some(ExitStatus::from_raw(status));
+        }
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
+    }
 }
 
 /// `waitpid(pid)`: blocks until the child exits, then reaps it.

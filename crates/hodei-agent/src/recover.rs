@@ -41,7 +41,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use crate::spool::{AttemptFiles, LOCK_FILE, Meta, ProcessRecord, read_meta};
+use crate::spool::{AttemptFiles, LOCK_FILE, Meta, ProcessRecord, RECYCLED_DIR, read_meta};
 
 /// The spool directory, locked by this agent for as long as it is held.
 #[derive(Debug)]
@@ -130,8 +130,8 @@ fn recover(root: &Path) -> io::Result<Recovery> {
             }
         };
         let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue; // the lock file
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || entry.file_name() == RECYCLED_DIR {
+            continue; // the lock file, the pool of emptied entries
         }
         match read_meta(&path) {
             Ok(meta) => found.push((path, meta)),

@@ -249,13 +249,17 @@ pub async fn run(
     let mut rotation = Rotation::new(targets.len(), config.backoff_min, config.backoff_max);
     loop {
         if *drain.borrow() && outbox.is_empty() {
+            outbox.close().await;
             return Ok(());
         }
         let target = &targets[rotation.current() % targets.len()];
         let started = Instant::now();
         let end = session(&config, target, &runner, &mut drain).await;
         let outcome = match &end {
-            SessionEnd::Done => return Ok(()),
+            SessionEnd::Done => {
+                outbox.close().await;
+                return Ok(());
+            }
             SessionEnd::Shutdown(within) => Outcome::Shutdown(*within),
             // A session that lasted a while resets the backoff.
             SessionEnd::Lost(_) if started.elapsed() > Duration::from_secs(10) => Outcome::Ended,

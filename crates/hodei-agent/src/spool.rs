@@ -21,8 +21,25 @@
 //! [`crate::recover`]). Acknowledged ranges are freed with
 //! `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`, in whole 4 KiB
 //! blocks (where the filesystem cannot punch holes the data just stays until
-//! the attempt's directory is deleted). `meta.json` is always replaced
-//! atomically (write a temporary file, rename).
+//! the attempt's directory is deleted).
+//!
+//! `meta.json` is replaced atomically (write a temporary file, rename) when
+//! it holds a result, before or after the change. Before the attempt has a
+//! result, changes that only have to outlive the agent process are written
+//! in place instead: one `pwrite` of at most one page at offset 0, padded
+//! with spaces (JSON allows trailing whitespace) to the file's length so no
+//! older byte is left after it. The agent's death cannot tear such a write;
+//! the machine's loss can, which leaves an entry without a result, dropped
+//! at start either way.
+//!
+//! # Recycling
+//!
+//! Creating and deleting a directory and three files for every job made
+//! ext4's inode allocator a large part of the agent's time. Once the
+//! orchestrator has acknowledged an attempt's result, its directory is
+//! emptied (the stream files truncated) and moved to `<spool>/.recycled/`
+//! ([`recycle`]); the next attempt renames it into place and rewrites
+//! `meta.json`. An agent that starts deletes what `.recycled` holds.
 //!
 //! # What is fsynced, and when
 //!
@@ -52,6 +69,10 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+pub mod recycle;
+
+pub use recycle::{RECYCLED_DIR, Recycled, Recycler};
+
 /// The metadata file's name in an attempt's directory.
 pub const META_FILE: &str = "meta.json";
 const META_TMP: &str = "meta.json.tmp";
@@ -62,6 +83,9 @@ pub const LOCK_FILE: &str = "lock";
 pub const PUNCH_BLOCK: u64 = 4096;
 /// `meta.json`'s format version.
 pub const META_VERSION: u32 = 1;
+/// Largest `meta.json` written in place: one page, which one `pwrite` at
+/// offset 0 fills whole or not at all if the process dies.
+const IN_PLACE_MAX: usize = 4096;
 
 /// The size and crc32c of what an attempt wrote into one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,30 +170,65 @@ pub fn attempt_dir_name(job_id: &str, attempt: u32) -> String {
 pub struct AttemptFiles {
     dir: PathBuf,
     streams: [File; 2],
-    meta: Mutex<Meta>,
+    meta: Mutex<MetaFile>,
+}
+
+/// `meta.json`: what it holds, and the open file with its length (for
+/// writes in place).
+#[derive(Debug)]
+struct MetaFile {
+    meta: Meta,
+    file: Option<File>,
+    len: usize,
 }
 
 impl AttemptFiles {
     /// Creates a fresh directory for the attempt (replacing a leftover one
     /// of the same name) with empty stream files and its `meta.json`.
     pub fn create(root: &Path, meta: Meta) -> io::Result<AttemptFiles> {
+        Self::create_from(root, meta, None)
+    }
+
+    /// Like [`AttemptFiles::create`], reusing `recycled` (an earlier
+    /// attempt's emptied directory, see [`Recycler`]) when given.
+    pub fn create_from(
+        root: &Path,
+        meta: Meta,
+        recycled: Option<Recycled>,
+    ) -> io::Result<AttemptFiles> {
         let dir = root.join(attempt_dir_name(&meta.job_id, meta.attempt));
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
-        fs::create_dir(&dir)?;
-        let open = |name: &str| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(dir.join(name))
+        let reused = match recycled {
+            Some(r) => match fs::rename(&r.dir, &dir) {
+                Ok(()) => Some(r),
+                Err(e) => {
+                    tracing::debug!(dir = %r.dir.display(), error = %e, "cannot reuse a recycled spool entry");
+                    let _ = fs::remove_dir_all(&r.dir);
+                    None
+                }
+            },
+            None => None,
         };
-        let streams = [open(STREAM_FILES[0])?, open(STREAM_FILES[1])?];
+        let (streams, file, len) = match reused {
+            Some(r) => (r.streams, r.meta, r.meta_len),
+            None => {
+                fs::create_dir(&dir)?;
+                let open = |name: &str| {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(dir.join(name))
+                };
+                ([open(STREAM_FILES[0])?, open(STREAM_FILES[1])?], None, 0)
+            }
+        };
         let files = AttemptFiles {
             dir,
             streams,
-            meta: Mutex::new(meta),
+            meta: Mutex::new(MetaFile { meta, file, len }),
         };
         // Not fsynced: see "What is fsynced, and when" above.
         files.update_meta_cached(|_| {})?;
@@ -187,7 +246,11 @@ impl AttemptFiles {
         Ok(AttemptFiles {
             dir: dir.to_path_buf(),
             streams: [open(STREAM_FILES[0])?, open(STREAM_FILES[1])?],
-            meta: Mutex::new(meta),
+            meta: Mutex::new(MetaFile {
+                meta,
+                file: None,
+                len: 0,
+            }),
         })
     }
 
@@ -195,13 +258,13 @@ impl AttemptFiles {
         &self.dir
     }
 
-    fn lock_meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+    fn lock_meta(&self) -> std::sync::MutexGuard<'_, MetaFile> {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the metadata as last written.
     pub fn meta(&self) -> Meta {
-        self.lock_meta().clone()
+        self.lock_meta().meta.clone()
     }
 
     /// Changes the metadata and replaces `meta.json` atomically and durably.
@@ -209,30 +272,63 @@ impl AttemptFiles {
         self.replace_meta(change, true)
     }
 
-    /// Changes the metadata and replaces `meta.json` atomically, without
-    /// fsync: the change outlives the agent process, not the machine.
+    /// Changes the metadata without fsync: the change outlives the agent
+    /// process, not the machine. Written in place while there is no result
+    /// (see the module documentation), else replaced atomically.
     pub fn update_meta_cached(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
         self.replace_meta(change, false)
     }
 
     fn replace_meta(&self, change: impl FnOnce(&mut Meta), durable: bool) -> io::Result<()> {
-        let mut meta = self.lock_meta();
-        let mut next = meta.clone();
+        let mut current = self.lock_meta();
+        let mut next = current.meta.clone();
         change(&mut next);
-        let json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
-        let tmp = self.dir.join(META_TMP);
-        {
-            let file = File::create(&tmp)?;
-            file.write_all_at(&json, 0)?;
-            if durable {
-                file.sync_all()?;
+        let mut json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+        let in_place = !durable
+            && current.meta.result.is_none()
+            && next.result.is_none()
+            && json.len().max(current.len) <= IN_PLACE_MAX;
+        if in_place {
+            let (file, known) = match current.file.take() {
+                Some(file) => (file, current.len),
+                None => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(self.dir.join(META_FILE))?;
+                    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+                    (file, len)
+                }
+            };
+            // Padded to the file's length: nothing older is left after it.
+            let len = json.len().max(known);
+            if len <= IN_PLACE_MAX {
+                json.resize(len, b' ');
+                file.write_all_at(&json, 0)?;
+                *current = MetaFile {
+                    meta: next,
+                    file: Some(file),
+                    len,
+                };
+                return Ok(());
             }
+        }
+        let tmp = self.dir.join(META_TMP);
+        let file = File::create(&tmp)?;
+        file.write_all_at(&json, 0)?;
+        if durable {
+            file.sync_all()?;
         }
         fs::rename(&tmp, self.dir.join(META_FILE))?;
         if durable {
             sync_dir(&self.dir)?;
         }
-        *meta = next;
+        *current = MetaFile {
+            meta: next,
+            file: Some(file),
+            len: json.len(),
+        };
         Ok(())
     }
 

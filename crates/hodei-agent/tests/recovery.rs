@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hodei_agent::executor::OutputChunk;
 use hodei_agent::outbox::Outbox;
 use hodei_agent::recover::{KillResult, proc_stat};
-use hodei_agent::spool::{META_FILE, attempt_dir_name, read_meta};
+use hodei_agent::spool::{META_FILE, RECYCLED_DIR, attempt_dir_name, read_meta};
 use hodei_core::LogStream;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body;
@@ -140,6 +140,10 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
     // And a corrupt entry.
     std::fs::create_dir(spool.join("bad@1")).unwrap();
     std::fs::write(spool.join("bad@1").join(META_FILE), b"{not json").unwrap();
+    // And an emptied entry left in the recycling pool: not an attempt.
+    let pooled = spool.join(RECYCLED_DIR).join("5");
+    std::fs::create_dir_all(&pooled).unwrap();
+    std::fs::write(pooled.join(META_FILE), b"{not json").unwrap();
 
     let (outbox, summary) = Outbox::open(spool.clone(), 1 << 30).await.expect("reopen");
     assert_eq!(summary.resumed, vec![("done".to_string(), 1)]);
@@ -154,6 +158,11 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
     );
     assert_eq!(summary.discarded, 1);
     assert!(!spool.join("bad@1").exists());
+    assert_eq!(
+        std::fs::read_dir(spool.join(RECYCLED_DIR)).unwrap().count(),
+        0,
+        "the pool starts empty"
+    );
     assert!(!spool.join(attempt_dir_name("running", 1)).exists());
     assert!(!reused_dir.exists());
 

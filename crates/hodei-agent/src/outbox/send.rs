@@ -94,35 +94,14 @@ impl Outbox {
     /// with the log data read from the spool. Empty when nothing is due.
     pub async fn next_batch(&self, max_bytes: usize) -> Vec<Body> {
         let due = self.take_due(max_bytes);
-        if due.is_empty() {
-            return Vec::new();
+        if !due.iter().any(|d| matches!(d, Due::Log { .. })) {
+            // Nothing to read from the spool (`Started`, results): no
+            // round trip to a blocking thread.
+            return due.into_iter().filter_map(Due::into_body).collect();
         }
         let read = tokio::task::spawn_blocking(move || {
             due.into_iter()
-                .filter_map(|d| match d {
-                    Due::Ready(body) => Some(body),
-                    Due::Log { job_id, attempt, stream, offset, len, ts, files } => {
-                        match files.read_at(stream.index(), offset, len) {
-                            Ok(data) => Some(Body::Log(pb::LogEntry {
-                                job_id,
-                                data: String::new(),
-                                attempt,
-                                stream: match stream {
-                                    LogStream::Stdout => pb::LogStream::Stdout as i32,
-                                    LogStream::Stderr => pb::LogStream::Stderr as i32,
-                                },
-                                offset,
-                                timestamp_ms: ts,
-                                bytes: data.into(),
-                                has_offset: true,
-                            })),
-                            Err(e) => {
-                                warn!(job = job_id, offset, error = %e, "cannot read the spool; the orchestrator will ask again");
-                                None
-                            }
-                        }
-                    }
-                })
+                .filter_map(Due::into_body)
                 .collect::<Vec<_>>()
         })
         .await;
@@ -130,6 +109,43 @@ impl Outbox {
             warn!(error = %e, "reading the spool failed");
             Vec::new()
         })
+    }
+}
+
+impl Due {
+    /// The message, with its log data read from the spool (blocking file
+    /// I/O for `Due::Log`); `None` when the spool cannot be read.
+    fn into_body(self) -> Option<Body> {
+        match self {
+            Due::Ready(body) => Some(body),
+            Due::Log {
+                job_id,
+                attempt,
+                stream,
+                offset,
+                len,
+                ts,
+                files,
+            } => match files.read_at(stream.index(), offset, len) {
+                Ok(data) => Some(Body::Log(pb::LogEntry {
+                    job_id,
+                    data: String::new(),
+                    attempt,
+                    stream: match stream {
+                        LogStream::Stdout => pb::LogStream::Stdout as i32,
+                        LogStream::Stderr => pb::LogStream::Stderr as i32,
+                    },
+                    offset,
+                    timestamp_ms: ts,
+                    bytes: data.into(),
+                    has_offset: true,
+                })),
+                Err(e) => {
+                    warn!(job = job_id, offset, error = %e, "cannot read the spool; the orchestrator will ask again");
+                    None
+                }
+            },
+        }
     }
 }
 

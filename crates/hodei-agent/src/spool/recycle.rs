@@ -1,0 +1,203 @@
+//! Reusing acknowledged attempts' directories, so that a job costs the file
+//! system renames and truncations instead of a directory and three files
+//! created and deleted (see "Recycling" in [`crate::spool`]).
+//!
+//! An entry is recycled only after the orchestrator acknowledged its result:
+//! nothing in it is owed any more. Its stream files are truncated first,
+//! then the directory is renamed to `<spool>/.recycled/<n>`, with none of it
+//! fsynced: if the machine goes down before that reaches the disk, the old
+//! entry comes back at start, and its result is offered again (the
+//! orchestrator records a result once) or, with its log gone, it is
+//! discarded as corrupt.
+//!
+//! Every function here does blocking file I/O: call them from
+//! `spawn_blocking`.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::AttemptFiles;
+
+/// The pool's directory name in the spool. Not an attempt's name: those
+/// end with `@<attempt>`.
+pub const RECYCLED_DIR: &str = ".recycled";
+
+/// At most this many emptied directories are kept; more are deleted.
+const MAX_RECYCLED: usize = 64;
+
+/// An emptied attempt directory, with its files still open.
+#[derive(Debug)]
+pub struct Recycled {
+    pub(super) dir: PathBuf,
+    pub(super) streams: [File; 2],
+    /// `meta.json` (the last attempt's), if it was open, and its length.
+    pub(super) meta: Option<File>,
+    pub(super) meta_len: usize,
+}
+
+/// The pool of emptied attempt directories.
+#[derive(Debug)]
+pub struct Recycler {
+    dir: PathBuf,
+    free: Mutex<Vec<Recycled>>,
+    next: AtomicU64,
+}
+
+impl Recycler {
+    /// An empty pool in `<spool>/.recycled`, deleting what an earlier agent
+    /// left there.
+    pub fn open(spool: &Path) -> io::Result<Recycler> {
+        let dir = spool.join(RECYCLED_DIR);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::create_dir(&dir)?;
+        Ok(Recycler {
+            dir,
+            free: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recycled>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An emptied directory to create the next attempt from, if any.
+    pub fn take(&self) -> Option<Recycled> {
+        self.lock().pop()
+    }
+
+    /// Empties an acknowledged attempt's directory and keeps it for reuse;
+    /// deletes it when the pool is full or it cannot be emptied.
+    pub fn retire(&self, files: AttemptFiles) -> io::Result<()> {
+        if self.lock().len() >= MAX_RECYCLED {
+            return files.remove();
+        }
+        match self.empty(files) {
+            Ok(recycled) => {
+                self.lock().push(recycled);
+                Ok(())
+            }
+            Err((files, e)) => {
+                tracing::debug!(dir = %files.dir.display(), error = %e, "cannot recycle a spool entry");
+                files.remove()
+            }
+        }
+    }
+
+    fn empty(&self, files: AttemptFiles) -> Result<Recycled, (AttemptFiles, io::Error)> {
+        for f in &files.streams {
+            let emptied = f
+                .metadata()
+                .and_then(|m| if m.len() > 0 { f.set_len(0) } else { Ok(()) });
+            if let Err(e) = emptied {
+                return Err((files, e));
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let to = self.dir.join(n.to_string());
+        if let Err(e) = fs::rename(&files.dir, &to) {
+            return Err((files, e));
+        }
+        let AttemptFiles { streams, meta, .. } = files;
+        let meta = meta.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(Recycled {
+            dir: to,
+            streams,
+            meta: meta.file,
+            meta_len: meta.len,
+        })
+    }
+
+    /// Deletes the pool (the agent is leaving).
+    pub fn clear(&self) -> io::Result<()> {
+        self.lock().clear();
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{META_FILE, Meta, ResultRecord, Totals, read_meta};
+
+    fn result(stdout: &[u8]) -> ResultRecord {
+        ResultRecord {
+            outcome: 1,
+            exit_code: 0,
+            signal: 0,
+            message: "a message long enough to make meta.json longer".into(),
+            stdout: Totals {
+                bytes: stdout.len() as u64,
+                crc32c: crc32c::crc32c(stdout),
+            },
+            stderr: Totals::default(),
+        }
+    }
+
+    #[test]
+    fn a_recycled_directory_becomes_a_fresh_attempt() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = Recycler::open(root.path()).expect("pool");
+        let first =
+            AttemptFiles::create(root.path(), Meta::new("first-job", 1, [0, 0])).expect("create");
+        first.write_at(0, 0, b"0123456789").expect("write");
+        first
+            .make_result_durable([true, false], |m| m.result = Some(result(b"0123456789")))
+            .expect("result");
+        let first_dir = first.dir().to_path_buf();
+        pool.retire(first).expect("retire");
+        assert!(!first_dir.exists(), "moved out of the spool");
+
+        let reused = pool.take().expect("one in the pool");
+        assert!(pool.take().is_none());
+        // A shorter id, and a base offset: the stream starts past zero.
+        let second =
+            AttemptFiles::create_from(root.path(), Meta::new("j2", 3, [5, 0]), Some(reused))
+                .expect("create from recycled");
+        assert_eq!(second.dir(), root.path().join("j2@3"));
+        assert_eq!(second.len(0).expect("len"), 0, "stdout emptied");
+        let meta = read_meta(second.dir()).expect("a valid meta.json in place");
+        assert_eq!(
+            (meta.job_id.as_str(), meta.attempt, meta.result),
+            ("j2", 3, None)
+        );
+        second.write_at(0, 5, b"hi").expect("write");
+        second
+            .update_meta_cached(|m| m.acked = [6, 0])
+            .expect("in place");
+        assert_eq!(read_meta(second.dir()).expect("meta").acked, [6, 0]);
+        assert_eq!(second.read_at(0, 5, 2).expect("read"), b"hi");
+        let names: Vec<_> = fs::read_dir(second.dir())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+            .collect();
+        assert_eq!(names.len(), 3, "stdout, stderr, meta.json: {names:?}");
+        assert!(second.dir().join(META_FILE).exists());
+
+        pool.clear().expect("clear");
+        assert!(!root.path().join(RECYCLED_DIR).exists());
+    }
+
+    #[test]
+    fn a_leftover_pool_is_deleted_at_open() {
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(root.path().join(RECYCLED_DIR).join("7")).expect("leftover");
+        let pool = Recycler::open(root.path()).expect("pool");
+        assert!(pool.take().is_none());
+        assert_eq!(
+            fs::read_dir(root.path().join(RECYCLED_DIR))
+                .expect("dir")
+                .count(),
+            0
+        );
+    }
+}
