@@ -78,40 +78,37 @@ impl Recycler {
         if self.lock().len() >= MAX_RECYCLED {
             return files.remove();
         }
-        match self.empty(files) {
-            Ok(recycled) => {
-                self.lock().push(recycled);
-                Ok(())
-            }
-            Err((files, e)) => {
+        let to = match self.empty(&files) {
+            Ok(to) => to,
+            Err(e) => {
                 tracing::debug!(dir = %files.dir.display(), error = %e, "cannot recycle a spool entry");
-                files.remove()
+                return files.remove();
             }
-        }
-    }
-
-    fn empty(&self, files: AttemptFiles) -> Result<Recycled, (AttemptFiles, io::Error)> {
-        for f in &files.streams {
-            let emptied = f
-                .metadata()
-                .and_then(|m| if m.len() > 0 { f.set_len(0) } else { Ok(()) });
-            if let Err(e) = emptied {
-                return Err((files, e));
-            }
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let to = self.dir.join(n.to_string());
-        if let Err(e) = fs::rename(&files.dir, &to) {
-            return Err((files, e));
-        }
+        };
         let AttemptFiles { streams, meta, .. } = files;
         let meta = meta.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(Recycled {
+        self.lock().push(Recycled {
             dir: to,
             streams,
             meta: meta.file,
             meta_len: meta.len,
-        })
+        });
+        Ok(())
+    }
+
+    /// Truncates the stream files and moves the directory into the pool;
+    /// returns its new path.
+    fn empty(&self, files: &AttemptFiles) -> io::Result<PathBuf> {
+        for f in &files.streams {
+            if f.metadata()?.len() > 0 {
+                f.set_len(0)?;
+            }
+        }
+        let to = self
+            .dir
+            .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+        fs::rename(&files.dir, &to)?;
+        Ok(to)
     }
 
     /// Deletes the pool (the agent is leaving).
