@@ -1,17 +1,19 @@
 //! The Hodei worker agent: dials the orchestrator over HWP, runs the jobs it
 //! is given, streams their output back and reports how they ended.
 //!
-//! - [`session`]: the connection, reconnects and drain; [`servers`]: which
+//! - [`session`]: the connection, reconnects and drain; [`config`]: its settings; [`servers`]: which
 //!   orchestrator URL (replica) it dials next;
 //! - [`outbox`]: what is owed to the orchestrator (logs, results) until acknowledged;
 //! - [`spool`]: the on-disk log spool behind the outbox; [`recover`]: what a
 //!   restarted agent does with the spool a previous one left;
 //! - [`runner`]: one job from assignment to result; [`mask`]: its output's
 //!   secrets masked and its log limited on the way to the outbox;
+//!   [`workdir`]: its working directory;
 //! - [`executor`]: the executor trait; [`process`]: local processes;
 //!   [`docker`]: Docker containers, for jobs with an image;
 //! - [`tls`]: TLS to the orchestrator (trusted CA, client certificate).
 
+pub mod config;
 pub mod docker;
 pub mod executor;
 pub mod mask;
@@ -24,5 +26,6 @@ pub mod session;
 pub mod spawn;
 pub mod spool;
 pub mod tls;
+pub mod workdir;
 
 pub use session::{AgentConfig, AgentError, DEFAULT_SPOOL_MAX_BYTES, parse_size, run};

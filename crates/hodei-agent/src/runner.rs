@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::executor::{ContainerSpec, ExecSpec, Executor, OnStart, OutputChunk, now_ms};
 use crate::mask::{IDLE_FLUSH, OutputFilter};
 use crate::outbox::Outbox;
+use crate::workdir::WorkDirs;
 
 /// Starts jobs for the session.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ pub struct Runner {
     pub docker: Option<Arc<dyn Executor>>,
     /// Per-job directories are made under this one.
     pub work_root: PathBuf,
+    /// Makes, recycles and deletes the per-job directories.
+    pub work_dirs: Arc<WorkDirs>,
     /// Keep per-job directories after the job (for debugging).
     pub keep_work_dirs: bool,
 }
@@ -65,7 +68,10 @@ impl Runner {
             (PathBuf::from(&spec.working_dir), false)
         };
         // Both are file-system round trips on blocking threads: at once.
-        let (spool, made) = tokio::join!(self.outbox.create_spool(&job_id), prepare(&dir, ours));
+        let (spool, made) = tokio::join!(
+            self.outbox.create_spool(&job_id),
+            prepare(&self.work_dirs, &dir, ours)
+        );
         let outcome = if let Err(e) = spool {
             // Without a spool there is nowhere to keep the output: do not run.
             let message = format!("hodei: cannot create the job's log spool: {e}");
@@ -110,12 +116,16 @@ impl Runner {
         self.outbox
             .finish(&job_id, result(&job_id, a.attempt, &outcome))
             .await;
-        if ours
-            && !self.keep_work_dirs
-            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+        if ours && !self.keep_work_dirs {
+            let dirs = self.work_dirs.clone();
+            let released = tokio::task::spawn_blocking(move || {
+                let released = dirs.release(&dir);
+                (dir, released)
+            })
+            .await;
+            if let Ok((dir, Err(e))) = released {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+            }
         }
     }
 
@@ -203,9 +213,12 @@ impl Runner {
     }
 }
 
-async fn prepare(dir: &PathBuf, ours: bool) -> Result<(), String> {
+async fn prepare(dirs: &Arc<WorkDirs>, dir: &PathBuf, ours: bool) -> Result<(), String> {
     let made = if ours {
-        tokio::fs::create_dir_all(dir).await
+        let (dirs, to) = (dirs.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || dirs.make(&to))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     } else {
         tokio::fs::metadata(dir).await.and_then(|m| {
             if m.is_dir() {
