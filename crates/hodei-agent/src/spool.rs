@@ -23,8 +23,11 @@
 //! blocks (where the filesystem cannot punch holes the data just stays until
 //! the attempt's directory is deleted).
 //!
-//! `meta.json` is replaced atomically (write a temporary file, rename) when
-//! it holds a result, before or after the change. Before the attempt has a
+//! `meta.json` is replaced atomically when it holds a result, before or
+//! after the change: the new content is written to `meta.json.tmp`, which
+//! then swaps names with `meta.json` (`renameat2(RENAME_EXCHANGE)`; a plain
+//! rename where the file system cannot), so the previous version stays as
+//! `meta.json.tmp`, to be overwritten next time, and no inode is freed. Before the attempt has a
 //! result, changes that only have to outlive the agent process are written
 //! in place instead: one `pwrite` of at most one page at offset 0, padded
 //! with spaces (JSON allows trailing whitespace) to the file's length so no
@@ -173,13 +176,13 @@ pub struct AttemptFiles {
     meta: Mutex<MetaFile>,
 }
 
-/// `meta.json`: what it holds, and the open file with its length (for
-/// writes in place).
+/// `meta.json`: what it holds, the open file with its length (for writes
+/// in place), and `meta.json.tmp` (the previous version) likewise.
 #[derive(Debug)]
 struct MetaFile {
     meta: Meta,
-    file: Option<File>,
-    len: usize,
+    file: Option<(File, usize)>,
+    spare: Option<(File, usize)>,
 }
 
 impl AttemptFiles {
@@ -211,8 +214,8 @@ impl AttemptFiles {
             },
             None => None,
         };
-        let (streams, file, len) = match reused {
-            Some(r) => (r.streams, r.meta, r.meta_len),
+        let (streams, file, spare) = match reused {
+            Some(r) => (r.streams, r.meta, r.spare),
             None => {
                 fs::create_dir(&dir)?;
                 let open = |name: &str| {
@@ -222,13 +225,13 @@ impl AttemptFiles {
                         .create_new(true)
                         .open(dir.join(name))
                 };
-                ([open(STREAM_FILES[0])?, open(STREAM_FILES[1])?], None, 0)
+                ([open(STREAM_FILES[0])?, open(STREAM_FILES[1])?], None, None)
             }
         };
         let files = AttemptFiles {
             dir,
             streams,
-            meta: Mutex::new(MetaFile { meta, file, len }),
+            meta: Mutex::new(MetaFile { meta, file, spare }),
         };
         // Not fsynced: see "What is fsynced, and when" above.
         files.update_meta_cached(|_| {})?;
@@ -249,7 +252,7 @@ impl AttemptFiles {
             meta: Mutex::new(MetaFile {
                 meta,
                 file: None,
-                len: 0,
+                spare: None,
             }),
         })
     }
@@ -283,14 +286,10 @@ impl AttemptFiles {
         let mut current = self.lock_meta();
         let mut next = current.meta.clone();
         change(&mut next);
-        let mut json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
-        let in_place = !durable
-            && current.meta.result.is_none()
-            && next.result.is_none()
-            && json.len().max(current.len) <= IN_PLACE_MAX;
-        if in_place {
+        let json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+        if !durable && current.meta.result.is_none() && next.result.is_none() {
             let (file, known) = match current.file.take() {
-                Some(file) => (file, current.len),
+                Some(open) => open,
                 None => {
                     let file = OpenOptions::new()
                         .write(true)
@@ -301,34 +300,31 @@ impl AttemptFiles {
                     (file, len)
                 }
             };
-            // Padded to the file's length: nothing older is left after it.
-            let len = json.len().max(known);
-            if len <= IN_PLACE_MAX {
-                json.resize(len, b' ');
-                file.write_all_at(&json, 0)?;
-                *current = MetaFile {
-                    meta: next,
-                    file: Some(file),
-                    len,
-                };
+            if json.len().max(known) <= IN_PLACE_MAX {
+                let len = write_padded(&file, &json, known)?;
+                current.meta = next;
+                current.file = Some((file, len));
                 return Ok(());
             }
+            current.file = Some((file, known));
         }
+        // Written into the spare file, which then swaps names with meta.json.
         let tmp = self.dir.join(META_TMP);
-        let file = File::create(&tmp)?;
-        file.write_all_at(&json, 0)?;
+        let (spare, known) = match current.spare.take() {
+            Some(spare) => spare,
+            None => (File::create(&tmp)?, 0),
+        };
+        let len = write_padded(&spare, &json, known)?;
         if durable {
-            file.sync_all()?;
+            spare.sync_data()?;
         }
-        fs::rename(&tmp, self.dir.join(META_FILE))?;
+        let exchanged = swap_into_place(&tmp, &self.dir.join(META_FILE))?;
         if durable {
             sync_dir(&self.dir)?;
         }
-        *current = MetaFile {
-            meta: next,
-            file: Some(file),
-            len: json.len(),
-        };
+        let old = current.file.replace((spare, len));
+        current.spare = old.filter(|_| exchanged);
+        current.meta = next;
         Ok(())
     }
 
@@ -449,6 +445,37 @@ pub fn parse_meta(bytes: &[u8], dir_name: Option<&str>) -> Result<Meta, String> 
     Ok(meta)
 }
 
+/// Writes `json` at offset 0, padded with spaces (trailing whitespace is
+/// valid JSON) to `known`, the file's length, so nothing older is left
+/// after it. Returns the file's length.
+fn write_padded(file: &File, json: &[u8], known: usize) -> io::Result<usize> {
+    if json.len() >= known {
+        file.write_all_at(json, 0)?;
+        return Ok(json.len());
+    }
+    let mut padded = Vec::with_capacity(known);
+    padded.extend_from_slice(json);
+    padded.resize(known, b' ');
+    file.write_all_at(&padded, 0)?;
+    Ok(known)
+}
+
+/// Moves `tmp` to `path` atomically. Where the file system can, the two
+/// names are exchanged (`renameat2(RENAME_EXCHANGE)`): the old file stays
+/// as `tmp`, to be overwritten next time, so no inode is freed or
+/// allocated. Elsewhere, a plain rename. Returns whether they were
+/// exchanged.
+fn swap_into_place(tmp: &Path, path: &Path) -> io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        if renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE).is_ok() {
+            return Ok(true);
+        }
+    }
+    fs::rename(tmp, path).map(|()| false)
+}
+
 /// fsyncs a directory (so that entries created or renamed in it last).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -534,6 +561,10 @@ mod tests {
         assert_eq!(meta.result, Some(result()));
         assert_eq!(meta.acked, [1, 0]);
         assert_eq!(files.read_at(0, 0, 3).expect("log"), b"hi\n");
-        assert!(!files.dir().join(META_TMP).exists(), "no temporary left");
+        // The previous version is kept (exchanged, not deleted), and ignored.
+        let before: Meta =
+            serde_json::from_slice(&fs::read(files.dir().join(META_TMP)).expect("tmp"))
+                .expect("the previous meta.json");
+        assert_eq!((before.result, before.acked), (None, [1, 0]));
     }
 }

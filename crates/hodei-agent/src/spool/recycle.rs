@@ -33,9 +33,10 @@ const MAX_RECYCLED: usize = 64;
 pub struct Recycled {
     pub(super) dir: PathBuf,
     pub(super) streams: [File; 2],
-    /// `meta.json` (the last attempt's), if it was open, and its length.
-    pub(super) meta: Option<File>,
-    pub(super) meta_len: usize,
+    /// `meta.json` (the last attempt's) and `meta.json.tmp`, where they
+    /// were open, with their lengths.
+    pub(super) meta: Option<(File, usize)>,
+    pub(super) spare: Option<(File, usize)>,
 }
 
 /// The pool of emptied attempt directories.
@@ -91,7 +92,7 @@ impl Recycler {
             dir: to,
             streams,
             meta: meta.file,
-            meta_len: meta.len,
+            spare: meta.spare,
         });
         Ok(())
     }
@@ -177,8 +178,22 @@ mod tests {
             .expect("dir")
             .map(|e| e.expect("entry").file_name().into_string().expect("name"))
             .collect();
-        assert_eq!(names.len(), 3, "stdout, stderr, meta.json: {names:?}");
+        assert_eq!(
+            names.len(),
+            4,
+            "stdout, stderr, meta.json and its previous version: {names:?}"
+        );
         assert!(second.dir().join(META_FILE).exists());
+        // Its result goes through the spare file (the first attempt's
+        // meta.json, longer than this one): padded, then exchanged.
+        let mut short = result(b"hi");
+        short.message.clear();
+        short.stdout.bytes = 7; // from the base offset 5
+        second
+            .make_result_durable([true, false], |m| m.result = Some(short.clone()))
+            .expect("second result");
+        let meta = read_meta(second.dir()).expect("meta with the result");
+        assert_eq!((meta.result, meta.acked), (Some(short), [6, 0]));
 
         pool.clear().expect("clear");
         assert!(!root.path().join(RECYCLED_DIR).exists());
