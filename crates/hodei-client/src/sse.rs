@@ -47,7 +47,7 @@ impl Decoder {
                     continue;
                 }
             }
-            match bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', bytes) {
                 Some(end) => {
                     self.line.extend_from_slice(&bytes[..end]);
                     self.after_cr = bytes[end] == b'\r';
@@ -82,7 +82,12 @@ impl Decoder {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // Valid UTF-8 (what a server sends) is checked at SIMD speed; only
+        // invalid input takes the slower replacing conversion.
+        let value = match std::str::from_utf8(value) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"event" => self.event = value.into_owned(),
             b"data" => {

@@ -680,8 +680,11 @@ fn worker_changes_are_announced() {
     assert_eq!(worker_notices(&out), ["w"], "drain");
     let out = batch(&mut e, 3, vec![Input::Detach { session: 1 }]);
     assert_eq!(worker_notices(&out), ["w"], "detach");
+    assert_eq!(out.close_sessions, vec![1], "a detached session is closed");
     let out = batch(&mut e, 4, vec![Input::Drain { session: 1 }]);
     assert!(worker_notices(&out).is_empty(), "drain of a closed session");
+    let out = batch(&mut e, 4, vec![Input::Detach { session: 1 }]);
+    assert!(out.close_sessions.is_empty(), "closed once");
     let out = batch(
         &mut e,
         5,

@@ -193,6 +193,9 @@ impl Engine {
         let Some(worker_id) = self.sessions.remove(&session) else {
             return;
         };
+        // The agent's side ended: end ours too (and let the shell forget the
+        // session's sender), so a draining agent sees its stream close.
+        out.close_sessions.push(session);
         if let Some(w) = self.workers.get_mut(&worker_id)
             && w.session == Some(session)
         {

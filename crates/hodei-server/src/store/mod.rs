@@ -10,6 +10,7 @@ mod pg_sql;
 mod postgres;
 mod rows;
 mod sqlite;
+mod sqlite_checkpoint;
 
 use std::collections::HashMap;
 

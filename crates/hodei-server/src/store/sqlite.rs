@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -27,6 +27,7 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::batch::{SHAPES, batches, shapes};
 use super::rows::{corrupt, decode_chunk, job_from_row, log_end_from_row, to_i64, worker_from_row};
+use super::sqlite_checkpoint::Checkpointer;
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
 
 /// The database file inside the data directory.
@@ -98,6 +99,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// Read-only connections: everything else.
     read: SqlitePool,
+    /// WAL checkpoints, off the writer's path.
+    checkpointer: Arc<tokio::sync::Mutex<Checkpointer>>,
 }
 
 impl SqliteStore {
@@ -119,6 +122,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full);
+        // The checkpointer's connection checkpoints; the writer does not.
+        let checkpoint_options = write_options.clone();
+        let write_options = write_options.pragma("wal_autocheckpoint", "0");
         // No ping before each use (a round trip to the connection's
         // thread): a connection to a local file does not go stale, and a
         // failed statement is handled as a store outage anyway.
@@ -139,11 +145,17 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqliteStore { write, read })
+        let checkpointer = Checkpointer::start(checkpoint_options).await?;
+        Ok(SqliteStore {
+            write,
+            read,
+            checkpointer: Arc::new(tokio::sync::Mutex::new(checkpointer)),
+        })
     }
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        self.checkpointer.lock().await.stop().await;
         self.read.close().await;
         self.write.close().await;
     }
