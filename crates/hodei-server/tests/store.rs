@@ -493,6 +493,100 @@ async fn corrupt_rows_are_reported_not_panicked_on(backend: Backend) {
     );
 }
 
+/// Chunks of 64 KiB and more live in files beside SQLite's database (rows
+/// in PostgreSQL); mixed with small ones, every byte reads back, from any
+/// offset and in pages, after a reopen.
+async fn large_chunks_read_back_from_any_offset(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pattern = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|k| (k as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    let parts = [
+        pattern(10, 1),
+        pattern(200 * 1024, 2),
+        pattern(5, 3),
+        pattern(100 * 1024, 4),
+    ];
+    let err = pattern(70 * 1024, 5);
+    let mut expected = Vec::new();
+    {
+        let store = db.open().await;
+        let mut running = job("big", 1, JobState::Running);
+        running.attempt = 1;
+        let mut first = jobs_writes([running]);
+        let mut second = Writes::default();
+        for (i, part) in parts.iter().enumerate() {
+            let w = log("big", 1, LogStream::Stdout, expected.len() as u64, part);
+            if i < 2 {
+                first.logs.push(w)
+            } else {
+                second.logs.push(w)
+            }
+            expected.extend_from_slice(part);
+        }
+        second.logs.push(log("big", 1, LogStream::Stderr, 0, &err));
+        store.commit(&first).await.unwrap();
+        store.commit(&second).await.unwrap();
+    }
+    let store = db.open().await;
+    let rec = store.recover().await.unwrap();
+    assert_eq!(
+        rec.log_ends[&("big".to_string(), 1)],
+        [expected.len() as u64, err.len() as u64]
+    );
+    // From inside the large chunk, inside the small one, at the end.
+    for from in [
+        0,
+        3,
+        10,
+        1_000,
+        200 * 1024 + 10,
+        200 * 1024 + 12,
+        expected.len() as u64,
+    ] {
+        let page = store
+            .read_logs(&query(
+                "big",
+                1,
+                Some(LogStream::Stdout),
+                [from, 0],
+                1 << 30,
+            ))
+            .await
+            .unwrap();
+        let got: Vec<u8> = page.iter().flat_map(|c| c.data.iter().copied()).collect();
+        assert_eq!(got, expected[from as usize..], "from {from}");
+        if let Some(c) = page.first() {
+            assert_eq!(c.offset, from);
+        }
+    }
+    // Paged, both streams: everything once, in order.
+    let mut got: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut from = [0u64; 2];
+    loop {
+        let page = store
+            .read_logs(&query("big", 1, None, from, 64 * 1024))
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for c in page {
+            let s = c.stream.index();
+            assert_eq!(c.offset, from[s], "contiguous");
+            got[s].extend_from_slice(&c.data);
+            from[s] += c.data.len() as u64;
+        }
+    }
+    assert_eq!(got, [expected, err]);
+    if backend == Backend::Sqlite {
+        let file = db.dir.path().join("logs").join("big@1.stdout");
+        assert!(file.is_file(), "the large chunks are in {file:?}");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_creates_nested_data_directories() {
     let dir = TempDir::new().unwrap();
@@ -514,5 +608,6 @@ on_both_backends!(
     max_bytes_paging_reads_everything_exactly_once,
     recover_after_reopen,
     big_batch_commits,
-    corrupt_rows_are_reported_not_panicked_on
+    corrupt_rows_are_reported_not_panicked_on,
+    large_chunks_read_back_from_any_offset
 );

@@ -293,7 +293,8 @@ async fn a_secret_reaches_the_job_and_is_masked_everywhere_else() {
     assert!(list.contains("APP_TOKEN"), "{list}");
     assert_clean("the secrets list", list.as_bytes());
 
-    // The database files, the write-ahead log included, and both logs.
+    // The database files, the write-ahead log included, the log files, and
+    // both processes' logs.
     let _ = agent.kill();
     let _ = agent.wait();
     let mut files = 0;
@@ -308,6 +309,14 @@ async fn a_secret_reaches_the_job_and_is_masked_everywhere_else() {
         }
     }
     assert!(files >= 2, "hodei.db and its -wal");
+    // Large log chunks are kept in files beside the database.
+    for entry in std::fs::read_dir(data.join("logs")).expect("logs dir") {
+        let path = entry.expect("entry").path();
+        assert_clean(
+            &path.display().to_string(),
+            &std::fs::read(&path).expect("read"),
+        );
+    }
     let server_log = server.output();
     assert!(
         server_log.contains("DEBUG") || server_log.contains("INFO"),

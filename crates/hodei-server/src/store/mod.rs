@@ -5,6 +5,7 @@
 mod batch;
 mod cluster;
 mod listing;
+mod log_files;
 mod pg_replica;
 mod pg_sql;
 mod postgres;

@@ -26,6 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::batch::{SHAPES, batches, shapes};
+use super::log_files::{FILE_MIN_BYTES, LogFiles};
 use super::rows::{corrupt, decode_chunk, job_from_row, log_end_from_row, to_i64, worker_from_row};
 use super::sqlite_checkpoint::Checkpointer;
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
@@ -86,7 +87,7 @@ const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS e
 /// One stream of an attempt from an offset. Chunks of a stream are appended
 /// in offset order and never overlap, so index order (end_offset) is their
 /// arrival order and no sort is needed, however long the log.
-const READ_STREAM: &str = "SELECT id, stream, start_offset, ts, data FROM log_chunks \
+const READ_STREAM: &str = "SELECT id, stream, start_offset, end_offset, ts, data FROM log_chunks \
      WHERE job_id = ?1 AND attempt = ?2 AND stream = ?3 AND end_offset > ?4 \
      ORDER BY end_offset, id";
 const ALL_WORKERS: &str = "SELECT id, labels, slots, last_seen FROM workers ORDER BY id";
@@ -101,6 +102,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     /// WAL checkpoints, off the writer's path.
     checkpointer: Arc<tokio::sync::Mutex<Checkpointer>>,
+    /// Large log chunks (see [`super::log_files`]).
+    logs: Arc<LogFiles>,
 }
 
 impl SqliteStore {
@@ -146,10 +149,18 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         let checkpointer = Checkpointer::start(checkpoint_options).await?;
+        let dir = data_dir.to_path_buf();
+        let logs = tokio::task::spawn_blocking(move || LogFiles::open(&dir))
+            .await
+            .map_err(|e| StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source: std::io::Error::other(e),
+            })??;
         Ok(SqliteStore {
             write,
             read,
             checkpointer: Arc::new(tokio::sync::Mutex::new(checkpointer)),
+            logs: Arc::new(logs),
         })
     }
 
@@ -195,6 +206,17 @@ impl Store for SqliteStore {
         let statements = batches(&jobs, &UPSERT_JOBS_SQL).count()
             + batches(&writes.logs, &INSERT_LOGS_SQL).count()
             + writes.workers.len();
+        // Large chunks' bytes are on disk before the rows that name them.
+        let to_files: Vec<LogWrite> = writes.logs.iter().filter(|l| in_file(l)).cloned().collect();
+        if !to_files.is_empty() {
+            let files = self.logs.clone();
+            tokio::task::spawn_blocking(move || files.write(&to_files.iter().collect::<Vec<_>>()))
+                .await
+                .map_err(|e| StoreError::DataDir {
+                    path: super::log_files::LOGS_DIR.to_string(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
         let mut conn = self.write.acquire().await?;
         if statements == 1 {
             // A lone statement is a transaction of its own (autocommit):
@@ -274,6 +296,8 @@ impl Store for SqliteStore {
         // contribute), then merged by arrival order; one snapshot for both.
         let mut tx = self.read.begin().await?;
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
+        // Chunks whose bytes are in a file: (index in `chunks`, end offset).
+        let mut in_files: Vec<(usize, u64)> = Vec::new();
         for stream in streams {
             // An offset past i64::MAX is past every stored byte.
             let from = i64::try_from(q.from[stream.index()]).unwrap_or(i64::MAX);
@@ -286,8 +310,17 @@ impl Store for SqliteStore {
             let mut total = 0usize;
             while let Some(row) = rows.try_next().await? {
                 let id: i64 = row.try_get("id")?;
-                let chunk = decode_chunk(&row, &q.from).map_err(|m| corrupt(&q.job_id, m))?;
-                total = total.saturating_add(chunk.data.len());
+                let end: i64 = row.try_get("end_offset")?;
+                let mut chunk = decode_chunk(&row, &q.from).map_err(|m| corrupt(&q.job_id, m))?;
+                let end = u64::try_from(end).unwrap_or_default();
+                let mut len = chunk.data.len() as u64;
+                if chunk.data.is_empty() && end > chunk.offset {
+                    // In a file: read below, from where the reader is.
+                    chunk.offset = chunk.offset.max(q.from[stream.index()]);
+                    len = end.saturating_sub(chunk.offset);
+                    in_files.push((chunks.len(), end));
+                }
+                total = total.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
                 chunks.push((id, chunk));
                 if total >= q.max_bytes {
                     break;
@@ -295,6 +328,25 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
+        if !in_files.is_empty() {
+            let files = self.logs.clone();
+            let (job_id, attempt) = (q.job_id.clone(), q.attempt);
+            let ranges: Vec<(LogStream, u64, u64)> = in_files
+                .iter()
+                .map(|&(i, end)| (chunks[i].1.stream, chunks[i].1.offset, end))
+                .collect();
+            let read = tokio::task::spawn_blocking(move || {
+                ranges
+                    .into_iter()
+                    .map(|(stream, from, to)| files.read(&job_id, attempt, stream, from, to))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await
+            .map_err(|e| corrupt(&q.job_id, format!("reading log files: {e}")))??;
+            for ((i, _), data) in in_files.into_iter().zip(read) {
+                chunks[i].1.data = data.into();
+            }
+        }
         Ok(super::merge_by_arrival(chunks, q.max_bytes))
     }
 
@@ -399,8 +451,15 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job) -> Result<Query<'q>, StoreError>
         .bind(job.submitter.as_deref()))
 }
 
+/// Whether a chunk's bytes go to its stream's file rather than its row.
+fn in_file(log: &LogWrite) -> bool {
+    log.data.len() >= FILE_MIN_BYTES
+}
+
 fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreError> {
     let end = log.offset.saturating_add(log.data.len() as u64);
+    // A chunk kept in a file has an empty `data` and its real end offset.
+    let data = if in_file(log) { &[][..] } else { &log.data[..] };
     Ok(query
         .bind(log.job_id.as_str())
         .bind(i64::from(log.attempt))
@@ -408,5 +467,5 @@ fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreE
         .bind(to_i64(log.offset, &log.job_id, "log offset")?)
         .bind(to_i64(end, &log.job_id, "log end offset")?)
         .bind(log.timestamp_ms)
-        .bind(&log.data[..]))
+        .bind(data))
 }
