@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use hodei_core::api::{
@@ -365,8 +364,8 @@ impl Client {
                             "log" => {
                                 let log: LogEvent = serde_json::from_str(&ev.data)
                                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                                let data = base64::engine::general_purpose::STANDARD
-                                    .decode(&log.data)
+                                let data = base64_simd::STANDARD
+                                    .decode_to_vec(&log.data)
                                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
                                 on_event(FollowEvent::Log {
                                     attempt: log.attempt,

@@ -14,7 +14,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use base64::Engine as _;
 use futures::Stream;
 use hodei_core::api::EndEvent;
 use hodei_core::engine::Notice;
@@ -115,7 +114,7 @@ pub fn log_event_json(
         "{{\"attempt\":{attempt},\"stream\":\"{}\",\"offset\":{offset},\"data\":\"",
         stream.as_str()
     );
-    base64::engine::general_purpose::STANDARD.encode_string(data, &mut json);
+    base64_simd::STANDARD.encode_append(data, &mut json);
     let _ = write!(json, "\",\"timestamp_ms\":{timestamp_ms}}}");
     json
 }
@@ -294,6 +293,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use hodei_core::api::LogEvent;
 
     #[test]
