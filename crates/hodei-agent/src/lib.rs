@@ -8,12 +8,14 @@
 //!   restarted agent does with the spool a previous one left;
 //! - [`runner`]: one job from assignment to result; [`mask`]: its output's
 //!   secrets masked and its log limited on the way to the outbox;
-//!   [`workdir`]: its working directory;
+//!   [`workdir`]: its working directory; [`dir_pool`]: emptied
+//!   directories kept for reuse (spool entries, working directories);
 //! - [`executor`]: the executor trait; [`process`]: local processes;
 //!   [`docker`]: Docker containers, for jobs with an image;
 //! - [`tls`]: TLS to the orchestrator (trusted CA, client certificate).
 
 pub mod config;
+pub mod dir_pool;
 pub mod docker;
 pub mod executor;
 pub mod mask;

@@ -155,16 +155,7 @@ impl Meta {
 
 /// The directory name of an attempt.
 pub fn attempt_dir_name(job_id: &str, attempt: u32) -> String {
-    let mut name = String::with_capacity(job_id.len() + 12);
-    for b in job_id.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-            name.push(char::from(b));
-        } else {
-            name.push_str(&format!("%{b:02X}"));
-        }
-    }
-    name.push_str(&format!("@{attempt}"));
-    name
+    format!("{}@{attempt}", hodei_core::log::file_name_of(job_id))
 }
 
 /// One attempt's files. Shared between the writer and the sender; the

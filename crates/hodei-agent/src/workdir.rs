@@ -16,11 +16,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The pool's name in the work directory; job directories end with
-/// `-<attempt>`, so none is named so.
-const RECYCLED_DIR: &str = ".recycled";
+use crate::dir_pool::DirPool;
 
 /// At most this many empty directories are kept.
 const MAX_RECYCLED: usize = 64;
@@ -29,9 +26,7 @@ const MAX_RECYCLED: usize = 64;
 /// call from `spawn_blocking`.
 #[derive(Debug)]
 pub struct WorkDirs {
-    pool: PathBuf,
-    free: Mutex<Vec<PathBuf>>,
-    next: AtomicU64,
+    pool: DirPool<PathBuf>,
     /// Mode and owner of a freshly made directory, learnt at the first one.
     fresh: Mutex<Option<(u32, u32, u32)>>,
 }
@@ -40,28 +35,16 @@ impl WorkDirs {
     /// An empty pool in `<root>/.recycled`, deleting what an earlier agent
     /// left there.
     pub fn open(root: &Path) -> io::Result<WorkDirs> {
-        let pool = root.join(RECYCLED_DIR);
-        match fs::remove_dir_all(&pool) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        fs::create_dir_all(&pool)?;
         Ok(WorkDirs {
-            pool,
-            free: Mutex::new(Vec::new()),
-            next: AtomicU64::new(0),
+            pool: DirPool::open(root, MAX_RECYCLED)?,
             fresh: Mutex::new(None),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes `dir` an empty directory for a job (replacing nothing: it must
     /// not exist yet, or be a directory already).
     pub fn make(&self, dir: &Path) -> io::Result<()> {
-        if let Some(recycled) = self.lock().pop() {
+        if let Some(recycled) = self.pool.take() {
             if fs::rename(&recycled, dir).is_ok() {
                 return Ok(());
             }
@@ -78,12 +61,10 @@ impl WorkDirs {
     /// The job is over: keeps `dir` for another job if it is as the job got
     /// it, else deletes it.
     pub fn release(&self, dir: &Path) -> io::Result<()> {
-        if self.reusable(dir) && self.lock().len() < MAX_RECYCLED {
-            let to = self
-                .pool
-                .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+        if !self.pool.is_full() && self.reusable(dir) {
+            let to = self.pool.slot();
             if fs::rename(dir, &to).is_ok() {
-                self.lock().push(to);
+                self.pool.put(to);
                 return Ok(());
             }
         }
@@ -105,11 +86,7 @@ impl WorkDirs {
 
     /// Deletes the pool (the agent is leaving).
     pub fn clear(&self) -> io::Result<()> {
-        self.lock().clear();
-        match fs::remove_dir_all(&self.pool) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.pool.clear()
     }
 }
 
@@ -131,17 +108,17 @@ mod tests {
         dirs.make(&a).expect("make");
         dirs.release(&a).expect("release");
         assert!(!a.exists());
-        assert_eq!(dirs.lock().len(), 1, "kept");
+        assert_eq!(dirs.pool.len(), 1, "kept");
 
         // Reused for the next job, which leaves a file: deleted.
         let b = root.path().join("b-1");
         dirs.make(&b).expect("make");
-        assert!(dirs.lock().is_empty(), "taken from the pool");
+        assert!(dirs.pool.is_empty(), "taken from the pool");
         assert_eq!(fs::read_dir(&b).expect("b").count(), 0);
         fs::write(b.join("left"), b"x").expect("write");
         dirs.release(&b).expect("release");
         assert!(!b.exists());
-        assert!(dirs.lock().is_empty(), "not kept");
+        assert!(dirs.pool.is_empty(), "not kept");
 
         // A job that changed its directory's permissions: deleted.
         let c = root.path().join("c-1");
@@ -149,9 +126,9 @@ mod tests {
         fs::set_permissions(&c, fs::Permissions::from_mode(0o705)).expect("chmod");
         dirs.release(&c).expect("release");
         assert!(!c.exists());
-        assert!(dirs.lock().is_empty(), "not kept");
+        assert!(dirs.pool.is_empty(), "not kept");
 
         dirs.clear().expect("clear");
-        assert!(!root.path().join(RECYCLED_DIR).exists());
+        assert!(!root.path().join(crate::dir_pool::RECYCLED_DIR).exists());
     }
 }

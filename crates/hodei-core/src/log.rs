@@ -81,9 +81,32 @@ pub fn fit_chunk(persisted: u64, offset: u64, len: usize) -> ChunkFit {
     }
 }
 
+/// A job id made safe as part of a file name: every byte other than
+/// `[A-Za-z0-9._-]` becomes `%XX`. Valid ids (see
+/// [`crate::spec::validate_job_id`]) come out unchanged; ids read from disk
+/// or the wire are not trusted to be valid. The agent's spool entries and
+/// the SQLite store's log files are named with it.
+pub fn file_name_of(job_id: &str) -> String {
+    let mut name = String::with_capacity(job_id.len() + 24);
+    for b in job_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_keep_valid_ids_and_escape_the_rest() {
+        assert_eq!(file_name_of("job-1.a_b"), "job-1.a_b");
+        assert_eq!(file_name_of("a/b c%"), "a%2Fb%20c%25");
+    }
 
     #[test]
     fn chunks_fit_by_offset() {

@@ -16,14 +16,11 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::AttemptFiles;
+use crate::dir_pool::DirPool;
 
-/// The pool's directory name in the spool. Not an attempt's name: those
-/// end with `@<attempt>`.
-pub const RECYCLED_DIR: &str = ".recycled";
+pub use crate::dir_pool::RECYCLED_DIR;
 
 /// At most this many emptied directories are kept; more are deleted.
 const MAX_RECYCLED: usize = 64;
@@ -42,41 +39,27 @@ pub struct Recycled {
 /// The pool of emptied attempt directories.
 #[derive(Debug)]
 pub struct Recycler {
-    dir: PathBuf,
-    free: Mutex<Vec<Recycled>>,
-    next: AtomicU64,
+    pool: DirPool<Recycled>,
 }
 
 impl Recycler {
     /// An empty pool in `<spool>/.recycled`, deleting what an earlier agent
     /// left there.
     pub fn open(spool: &Path) -> io::Result<Recycler> {
-        let dir = spool.join(RECYCLED_DIR);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        fs::create_dir(&dir)?;
         Ok(Recycler {
-            dir,
-            free: Mutex::new(Vec::new()),
-            next: AtomicU64::new(0),
+            pool: DirPool::open(spool, MAX_RECYCLED)?,
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recycled>> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An emptied directory to create the next attempt from, if any.
     pub fn take(&self) -> Option<Recycled> {
-        self.lock().pop()
+        self.pool.take()
     }
 
     /// Empties an acknowledged attempt's directory and keeps it for reuse;
     /// deletes it when the pool is full or it cannot be emptied.
     pub fn retire(&self, files: AttemptFiles) -> io::Result<()> {
-        if self.lock().len() >= MAX_RECYCLED {
+        if self.pool.is_full() {
             return files.remove();
         }
         let to = match self.empty(&files) {
@@ -88,7 +71,7 @@ impl Recycler {
         };
         let AttemptFiles { streams, meta, .. } = files;
         let meta = meta.into_inner().unwrap_or_else(|p| p.into_inner());
-        self.lock().push(Recycled {
+        self.pool.put(Recycled {
             dir: to,
             streams,
             meta: meta.file,
@@ -105,20 +88,14 @@ impl Recycler {
                 f.set_len(0)?;
             }
         }
-        let to = self
-            .dir
-            .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+        let to = self.pool.slot();
         fs::rename(&files.dir, &to)?;
         Ok(to)
     }
 
     /// Deletes the pool (the agent is leaving).
     pub fn clear(&self) -> io::Result<()> {
-        self.lock().clear();
-        match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.pool.clear()
     }
 }
 
@@ -197,19 +174,5 @@ mod tests {
 
         pool.clear().expect("clear");
         assert!(!root.path().join(RECYCLED_DIR).exists());
-    }
-
-    #[test]
-    fn a_leftover_pool_is_deleted_at_open() {
-        let root = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(root.path().join(RECYCLED_DIR).join("7")).expect("leftover");
-        let pool = Recycler::open(root.path()).expect("pool");
-        assert!(pool.take().is_none());
-        assert_eq!(
-            fs::read_dir(root.path().join(RECYCLED_DIR))
-                .expect("dir")
-                .count(),
-            0
-        );
     }
 }

@@ -74,16 +74,9 @@ impl LogFiles {
     }
 
     fn path(&self, job_id: &str, attempt: u32, stream: LogStream) -> PathBuf {
-        let mut name = String::with_capacity(job_id.len() + 20);
-        for b in job_id.bytes() {
-            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-                name.push(char::from(b));
-            } else {
-                name.push_str(&format!("%{b:02X}"));
-            }
-        }
-        name.push_str(&format!("@{attempt}.{}", stream.as_str()));
-        self.dir.join(name)
+        let name = hodei_core::log::file_name_of(job_id);
+        self.dir
+            .join(format!("{name}@{attempt}.{}", stream.as_str()))
     }
 
     /// The stream's file, opened (created when `create`); with whether it
