@@ -54,12 +54,21 @@
 //! either way. So creating an attempt and recording its process make no
 //! fsync. When the attempt ends ([`AttemptFiles::make_result_durable`]):
 //! the log files that hold bytes the orchestrator has not acknowledged are
-//! fsynced, then `meta.json` with the result is written, fsynced and renamed
-//! into place, and the attempt's directory and the spool directory are
-//! fsynced (so the entry, its files and the rename are on disk). Only then
-//! is the result offered: a result found on disk implies its complete log.
-//! For a job whose output the orchestrator has all acknowledged (or that
-//! printed nothing) that is three fsyncs, down from nine.
+//! fsynced, then `meta.json` with the result is written and fsynced, the
+//! attempt's directory is fsynced unless its files' entries are known to be
+//! on disk already (a recycled directory's are), and so is the spool
+//! directory (so the entry, its files and any rename are on disk). Only
+//! then is the result offered: a result found on disk implies its complete
+//! log. For a job whose output the orchestrator has all acknowledged (or
+//! that printed nothing) that is two fsyncs in a recycled directory, three
+//! in a new one.
+//!
+//! The result is written in place when `meta.json` (compact JSON) fits in
+//! one 512-byte sector with its padding: a disk writes a sector whole or
+//! not at all, and what it replaces holds no result, so a power failure
+//! mid-write leaves the old entry or the new one, never a mix (PostgreSQL
+//! assumes the same of its 512-byte `pg_control`). A larger `meta.json`
+//! goes through the spare file and the exchange.
 //!
 //! Every function here does blocking file I/O: call them from
 //! `spawn_blocking` (the [`crate::outbox`] does).
@@ -89,6 +98,10 @@ pub const META_VERSION: u32 = 1;
 /// Largest `meta.json` written in place: one page, which one `pwrite` at
 /// offset 0 fills whole or not at all if the process dies.
 const IN_PLACE_MAX: usize = 4096;
+/// Largest `meta.json` whose result is written in place: one disk sector,
+/// which a disk writes whole or not at all if the power fails (what
+/// PostgreSQL assumes of its 512-byte `pg_control`).
+const SECTOR: usize = 512;
 
 /// The size and crc32c of what an attempt wrote into one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +187,9 @@ struct MetaFile {
     meta: Meta,
     file: Option<(File, usize)>,
     spare: Option<(File, usize)>,
+    /// The directory's own entries (its files) are known to be on disk:
+    /// it was fsynced since they were created.
+    entries_durable: bool,
 }
 
 impl AttemptFiles {
@@ -205,8 +221,8 @@ impl AttemptFiles {
             },
             None => None,
         };
-        let (streams, file, spare) = match reused {
-            Some(r) => (r.streams, r.meta, r.spare),
+        let (streams, file, spare, entries_durable) = match reused {
+            Some(r) => (r.streams, r.meta, r.spare, r.entries_durable),
             None => {
                 fs::create_dir(&dir)?;
                 let open = |name: &str| {
@@ -216,13 +232,23 @@ impl AttemptFiles {
                         .create_new(true)
                         .open(dir.join(name))
                 };
-                ([open(STREAM_FILES[0])?, open(STREAM_FILES[1])?], None, None)
+                (
+                    [open(STREAM_FILES[0])?, open(STREAM_FILES[1])?],
+                    None,
+                    None,
+                    false,
+                )
             }
         };
         let files = AttemptFiles {
             dir,
             streams,
-            meta: Mutex::new(MetaFile { meta, file, spare }),
+            meta: Mutex::new(MetaFile {
+                meta,
+                file,
+                spare,
+                entries_durable,
+            }),
         };
         // Not fsynced: see "What is fsynced, and when" above.
         files.update_meta_cached(|_| {})?;
@@ -244,6 +270,7 @@ impl AttemptFiles {
                 meta,
                 file: None,
                 spare: None,
+                entries_durable: false,
             }),
         })
     }
@@ -277,8 +304,13 @@ impl AttemptFiles {
         let mut current = self.lock_meta();
         let mut next = current.meta.clone();
         change(&mut next);
-        let json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
-        if !durable && current.meta.result.is_none() && next.result.is_none() {
+        let json = serde_json::to_vec(&next).map_err(io::Error::other)?;
+        // In place while there is no result yet: a write torn by the
+        // machine's loss loses nothing that was offered. A durable write
+        // (the result) must not be torn at all: in place only within one
+        // sector, which the disk writes whole.
+        let limit = if durable { SECTOR } else { IN_PLACE_MAX };
+        if current.meta.result.is_none() && (durable || next.result.is_none()) {
             let (file, known) = match current.file.take() {
                 Some(open) => open,
                 None => {
@@ -291,8 +323,15 @@ impl AttemptFiles {
                     (file, len)
                 }
             };
-            if json.len().max(known) <= IN_PLACE_MAX {
+            if json.len().max(known) <= limit {
                 let len = write_padded(&file, &json, known)?;
+                if durable {
+                    file.sync_data()?;
+                    if !current.entries_durable {
+                        sync_dir(&self.dir)?;
+                        current.entries_durable = true;
+                    }
+                }
                 current.meta = next;
                 current.file = Some((file, len));
                 return Ok(());
@@ -312,6 +351,7 @@ impl AttemptFiles {
         let exchanged = swap_into_place(&tmp, &self.dir.join(META_FILE))?;
         if durable {
             sync_dir(&self.dir)?;
+            current.entries_durable = true;
         }
         let old = current.file.replace((spare, len));
         current.spare = old.filter(|_| exchanged);
@@ -552,10 +592,25 @@ mod tests {
         assert_eq!(meta.result, Some(result()));
         assert_eq!(meta.acked, [1, 0]);
         assert_eq!(files.read_at(0, 0, 3).expect("log"), b"hi\n");
+        // It fit in a sector: written in place, no spare file.
+        assert!(fs::read(files.dir().join(META_FILE)).expect("meta").len() <= SECTOR);
+        assert!(!files.dir().join(META_TMP).exists());
+    }
+
+    #[test]
+    fn a_result_larger_than_a_sector_is_exchanged_into_place() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let files = AttemptFiles::create(root.path(), Meta::new("j", 1, [0, 0])).expect("create");
+        let mut long = result();
+        long.message = "spawn failed: ".repeat(40);
+        files
+            .make_result_durable([false, false], |m| m.result = Some(long.clone()))
+            .expect("durable result");
+        assert_eq!(read_meta(files.dir()).expect("meta").result, Some(long));
         // The previous version is kept (exchanged, not deleted), and ignored.
         let before: Meta =
             serde_json::from_slice(&fs::read(files.dir().join(META_TMP)).expect("tmp"))
                 .expect("the previous meta.json");
-        assert_eq!((before.result, before.acked), (None, [1, 0]));
+        assert_eq!(before.result, None);
     }
 }

@@ -34,6 +34,8 @@ pub struct Recycled {
     /// were open, with their lengths.
     pub(super) meta: Option<(File, usize)>,
     pub(super) spare: Option<(File, usize)>,
+    /// Its files' entries are on disk (see `spool::MetaFile`).
+    pub(super) entries_durable: bool,
 }
 
 /// The pool of emptied attempt directories.
@@ -76,6 +78,7 @@ impl Recycler {
             streams,
             meta: meta.file,
             spare: meta.spare,
+            entries_durable: meta.entries_durable,
         });
         Ok(())
     }
@@ -155,14 +158,10 @@ mod tests {
             .expect("dir")
             .map(|e| e.expect("entry").file_name().into_string().expect("name"))
             .collect();
-        assert_eq!(
-            names.len(),
-            4,
-            "stdout, stderr, meta.json and its previous version: {names:?}"
-        );
+        assert_eq!(names.len(), 3, "stdout, stderr, meta.json: {names:?}");
         assert!(second.dir().join(META_FILE).exists());
-        // Its result goes through the spare file (the first attempt's
-        // meta.json, longer than this one): padded, then exchanged.
+        // Its result is written in place over the first attempt's longer
+        // meta.json, padded.
         let mut short = result(b"hi");
         short.message.clear();
         short.stdout.bytes = 7; // from the base offset 5
