@@ -102,7 +102,12 @@ impl LogFiles {
                 Err(e) => return Err(e),
             }
         } else {
-            (File::open(&path)?, false)
+            // Read-write even for a read: the handle is cached, and the
+            // next write to the stream (a job still running) takes it.
+            (
+                OpenOptions::new().read(true).write(true).open(&path)?,
+                false,
+            )
         };
         if open.len() >= MAX_OPEN {
             open.clear();
@@ -211,13 +216,23 @@ mod tests {
         );
         let name = dir.path().join(LOGS_DIR).join("a%2Fb%20c@2.stderr");
         assert!(name.is_file(), "{name:?}");
-        // Another handle (a restarted server) reads the same.
+        // Another handle (a restarted server) reads the same, then takes
+        // the stream's next bytes through the handle its read opened.
         let again = LogFiles::open(dir.path()).expect("reopen");
         assert_eq!(
             again
                 .read("a/b c", 2, LogStream::Stderr, 10, 16)
                 .expect("read"),
             b"hello "
+        );
+        again
+            .write(&[&chunk(21, b"!")])
+            .expect("write after a read");
+        assert_eq!(
+            again
+                .read("a/b c", 2, LogStream::Stderr, 16, 22)
+                .expect("read"),
+            b"world!"
         );
         assert!(matches!(
             again.read("a/b c", 2, LogStream::Stdout, 0, 1),
