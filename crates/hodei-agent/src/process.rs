@@ -395,26 +395,21 @@ async fn reap(pid: Pid, job: &str) -> Option<ExitStatus> {
 
 /// `waitpid(pid, WNOHANG)`: reaps the child if it has exited.
 fn try_reap(pid: Pid) -> Option<ExitStatus> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid(2) on our own child, with a valid status pointer.
-        let r = unsafe { nix::libc::waitpid(pid.as_raw(), &mut status, nix::libc::WNOHANG) };
-        if r == pid.as_raw() {
-            return Some(ExitStatus::from_raw(status));
-        }
-        if r < 0 && Errno::last() == Errno::EINTR {
-            continue;
-        }
-        return None;
-    }
+    waitpid(pid, nix::libc::WNOHANG)
 }
 
 /// `waitpid(pid)`: blocks until the child exits, then reaps it.
 fn wait_for(pid: Pid) -> Option<ExitStatus> {
+    waitpid(pid, 0)
+}
+
+/// `waitpid(2)` on our own child, retried on EINTR; `None` when it did not
+/// reap it (not exited with `WNOHANG`, or an error).
+fn waitpid(pid: Pid, flags: nix::libc::c_int) -> Option<ExitStatus> {
     let mut status = 0;
     loop {
         // SAFETY: waitpid(2) on our own child, with a valid status pointer.
-        let r = unsafe { nix::libc::waitpid(pid.as_raw(), &mut status, 0) };
+        let r = unsafe { nix::libc::waitpid(pid.as_raw(), &mut status, flags) };
         if r == pid.as_raw() {
             return Some(ExitStatus::from_raw(status));
         }

@@ -28,9 +28,7 @@ pub struct Runner {
     pub executor: Arc<dyn Executor>,
     /// Runs jobs with an image; `None` when the agent has no Docker engine.
     pub docker: Option<Arc<dyn Executor>>,
-    /// Per-job directories are made under this one.
-    pub work_root: PathBuf,
-    /// Makes, recycles and deletes the per-job directories.
+    /// Names, makes, recycles and deletes the per-job directories.
     pub work_dirs: Arc<WorkDirs>,
     /// Keep per-job directories after the job (for debugging).
     pub keep_work_dirs: bool,
@@ -60,10 +58,7 @@ impl Runner {
             pull_policy: pull_policy(spec.pull_policy),
         });
         let (dir, ours) = if spec.working_dir.is_empty() || container.is_some() {
-            (
-                self.work_root.join(format!("{}-{}", a.job_id, a.attempt)),
-                true,
-            )
+            (self.work_dirs.job_dir(&a.job_id, a.attempt), true)
         } else {
             (PathBuf::from(&spec.working_dir), false)
         };

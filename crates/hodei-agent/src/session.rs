@@ -89,12 +89,16 @@ pub async fn run(
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let targets = crate::servers::targets(&config.servers, &config.tls).await?;
-    tokio::fs::create_dir_all(&config.work_dir)
+    // Creates the work directory and empties its pool of recycled ones.
+    let root = config.work_dir.clone();
+    let work_dirs = tokio::task::spawn_blocking(move || WorkDirs::open(&root))
         .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map_err(|source| AgentError::WorkDir {
             path: config.work_dir.display().to_string(),
             source,
         })?;
+    let work_dirs = Arc::new(work_dirs);
     let spool_dir = config.spool_dir();
     let (outbox, recovery) = Outbox::open(spool_dir.clone(), config.spool_max_bytes)
         .await
@@ -113,7 +117,7 @@ pub async fn run(
         if hodei_core::spec::validate_job_id(job).is_err() {
             continue;
         }
-        let dir = config.work_dir.join(format!("{job}-{attempt}"));
+        let dir = work_dirs.job_dir(job, *attempt);
         if !config.keep_work_dirs
             && tokio::fs::metadata(&dir).await.is_ok()
             && let Err(e) = tokio::fs::remove_dir_all(&dir).await
@@ -131,20 +135,10 @@ pub async fn run(
     }
     config.labels = advertised_labels(&config.labels, docker.is_some());
     let outbox = Arc::new(outbox);
-    let root = config.work_dir.clone();
-    let work_dirs = tokio::task::spawn_blocking(move || WorkDirs::open(&root))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|source| AgentError::WorkDir {
-            path: config.work_dir.display().to_string(),
-            source,
-        })?;
-    let work_dirs = Arc::new(work_dirs);
     let runner = Runner {
         outbox: outbox.clone(),
         executor,
         docker: docker.map(|d| d as Arc<dyn Executor>),
-        work_root: config.work_dir.clone(),
         work_dirs: work_dirs.clone(),
         keep_work_dirs: config.keep_work_dirs,
     };

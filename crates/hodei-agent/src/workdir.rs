@@ -26,6 +26,7 @@ const MAX_RECYCLED: usize = 64;
 /// call from `spawn_blocking`.
 #[derive(Debug)]
 pub struct WorkDirs {
+    root: PathBuf,
     pool: DirPool<PathBuf>,
     /// Mode and owner of a freshly made directory, learnt at the first one.
     fresh: Mutex<Option<(u32, u32, u32)>>,
@@ -36,9 +37,15 @@ impl WorkDirs {
     /// left there.
     pub fn open(root: &Path) -> io::Result<WorkDirs> {
         Ok(WorkDirs {
+            root: root.to_path_buf(),
             pool: DirPool::open(root, MAX_RECYCLED)?,
             fresh: Mutex::new(None),
         })
+    }
+
+    /// The per-job directory of an attempt: `<work dir>/<job id>-<attempt>`.
+    pub fn job_dir(&self, job_id: &str, attempt: u32) -> PathBuf {
+        self.root.join(format!("{job_id}-{attempt}"))
     }
 
     /// Makes `dir` an empty directory for a job (replacing nothing: it must

@@ -118,7 +118,7 @@ impl LogFiles {
     }
 
     /// Writes `logs` into their files and makes them durable.
-    pub fn write(&self, logs: &[&LogWrite]) -> Result<(), StoreError> {
+    pub fn write(&self, logs: &[LogWrite]) -> Result<(), StoreError> {
         let mut touched: Vec<Arc<File>> = Vec::new();
         let mut created = false;
         for log in logs {
@@ -207,7 +207,7 @@ mod tests {
             timestamp_ms: 0,
         };
         let (first, second) = (chunk(10, b"hello "), chunk(16, b"world"));
-        files.write(&[&first, &second]).expect("write");
+        files.write(&[first, second]).expect("write");
         assert_eq!(
             files
                 .read("a/b c", 2, LogStream::Stderr, 13, 21)
@@ -225,9 +225,7 @@ mod tests {
                 .expect("read"),
             b"hello "
         );
-        again
-            .write(&[&chunk(21, b"!")])
-            .expect("write after a read");
+        again.write(&[chunk(21, b"!")]).expect("write after a read");
         assert_eq!(
             again
                 .read("a/b c", 2, LogStream::Stderr, 16, 22)

@@ -210,7 +210,7 @@ impl Store for SqliteStore {
         let to_files: Vec<LogWrite> = writes.logs.iter().filter(|l| in_file(l)).cloned().collect();
         if !to_files.is_empty() {
             let files = self.logs.clone();
-            tokio::task::spawn_blocking(move || files.write(&to_files.iter().collect::<Vec<_>>()))
+            tokio::task::spawn_blocking(move || files.write(&to_files))
                 .await
                 .map_err(|e| StoreError::DataDir {
                     path: super::log_files::LOGS_DIR.to_string(),
