@@ -4,19 +4,20 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use hodei_core::api::{
-    BatchSubmitRequest, BatchSubmitResponse, EndEvent, ErrorBody, JobList, JobQuery, LogEvent,
-    Stats, SubmitRequest, SubmitResponse,
+    BatchSubmitRequest, BatchSubmitResponse, ErrorBody, JobList, JobQuery, Stats, SubmitRequest,
+    SubmitResponse,
 };
 use hodei_core::engine::WorkerInfo;
 use hodei_core::{Job, JobState, LogStream};
 use serde::de::DeserializeOwned;
 
 mod events;
+mod follow;
 pub mod sse;
 
 pub use events::{ApiEvent, Events};
+pub use follow::FollowEvent;
 
 /// What went wrong talking to the orchestrator.
 #[derive(Debug, thiserror::Error)]
@@ -55,19 +56,6 @@ impl ClientError {
             _ => None,
         }
     }
-}
-
-/// One event of a live log follow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FollowEvent {
-    Log {
-        attempt: u32,
-        stream: LogStream,
-        offset: u64,
-        data: Bytes,
-    },
-    /// The job was retried; the log restarts for this attempt.
-    Attempt(u32),
 }
 
 /// A handle on one orchestrator.
@@ -328,82 +316,6 @@ impl Client {
         }
         let resp = self.send(self.http.get(url)).await?;
         resp.bytes().await.map_err(|e| self.unreachable(e))
-    }
-
-    /// Follows a job's log live until the job ends, calling `on_event` for
-    /// every piece of output in order, and returns how the job ended. A
-    /// dropped connection is resumed from the last event (no byte is missed
-    /// or repeated) for up to `reconnect_for` of consecutive failures.
-    pub async fn follow(
-        &self,
-        id: &str,
-        reconnect_for: Duration,
-        mut on_event: impl FnMut(FollowEvent),
-    ) -> Result<EndEvent, ClientError> {
-        let mut last_id: Option<String> = None;
-        let mut failing_since: Option<tokio::time::Instant> = None;
-        loop {
-            let mut req = self.http.get(self.url(&format!("/jobs/{id}/logs/follow")));
-            if let Some(last) = &last_id {
-                req = req.header("Last-Event-ID", last);
-            }
-            let err = match self.send(req).await {
-                Ok(resp) => {
-                    let mut events = std::pin::pin!(sse::events(resp.bytes_stream()));
-                    let mut err = None;
-                    while let Some(ev) = events.next().await {
-                        let ev = match ev {
-                            Ok(ev) => ev,
-                            Err(e) => {
-                                err = Some(e.to_string());
-                                break;
-                            }
-                        };
-                        failing_since = None;
-                        match ev.event.as_str() {
-                            "log" => {
-                                let log: LogEvent = serde_json::from_str(&ev.data)
-                                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                                let data = base64_simd::STANDARD
-                                    .decode_to_vec(&log.data)
-                                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                                on_event(FollowEvent::Log {
-                                    attempt: log.attempt,
-                                    stream: log.stream,
-                                    offset: log.offset,
-                                    data: Bytes::from(data),
-                                });
-                            }
-                            "attempt" => {
-                                let n = ev.data.trim().parse().unwrap_or_default();
-                                on_event(FollowEvent::Attempt(n));
-                            }
-                            "end" => {
-                                return serde_json::from_str(&ev.data)
-                                    .map_err(|e| ClientError::Protocol(e.to_string()));
-                            }
-                            "error" => return Err(ClientError::Protocol(ev.data)),
-                            _ => {}
-                        }
-                        if !ev.id.is_empty() {
-                            last_id = Some(ev.id);
-                        }
-                    }
-                    err.unwrap_or_else(|| "log stream ended early".to_string())
-                }
-                // The connection failed: resume below. The server refused: stop.
-                Err(ClientError::Unreachable { message, .. }) => message,
-                Err(refused) => return Err(refused),
-            };
-            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() > reconnect_for {
-                return Err(ClientError::Unreachable {
-                    url: self.base.clone(),
-                    message: err,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// Waits until the job is finished (by following its events) and returns it.

@@ -6,6 +6,7 @@
 //! - [`spec`]: the job spec and input validation;
 //! - [`job`]: the job record and its single transition function;
 //! - [`log`]: log streams and offset bookkeeping;
+//! - [`frames`]: the binary form of a live log follow;
 //! - [`mask`]: secret names and values, and masking them in output;
 //! - [`scheduler`]: placement of queued jobs on workers;
 //! - [`engine`]: the orchestrator's state machine (events in, store writes and
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod engine;
+pub mod frames;
 pub mod job;
 pub mod log;
 pub mod mask;

@@ -1,5 +1,6 @@
-//! Live log follow with Server-Sent Events (the full download is in
-//! `download.rs`).
+//! Live log follow, as Server-Sent Events or as binary log frames
+//! ([`hodei_core::frames`], when the client's `Accept` names them); the
+//! full download is in `download.rs`.
 //!
 //! A follower never misses a byte: it subscribes to change notices first,
 //! then reads from the store from its offsets, sends what it read, and only
@@ -8,15 +9,19 @@
 //! (results are committed after the logs that precede them).
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
 use hodei_core::api::EndEvent;
 use hodei_core::engine::Notice;
+use hodei_core::frames::{self, Frame};
 use hodei_core::{Job, LogStream};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
@@ -32,6 +37,9 @@ use crate::store::{LogChunk, LogQuery};
 pub(super) const PAGE_BYTES: usize = 1024 * 1024;
 /// A follower re-reads the store at least this often, notices or not.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
+/// A follow that sent nothing for this long gets a keep-alive (an SSE
+/// comment, or a `K` frame), so that proxies keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -119,13 +127,17 @@ pub fn log_event_json(
     json
 }
 
-/// Follow a job's log live (Server-Sent Events).
+/// Follow a job's log live (Server-Sent Events, or log frames).
 ///
 /// Events: `log` (JSON [`LogEvent`](hodei_core::api::LogEvent), the bytes base64), `attempt` (the job
 /// moved on to a new attempt, whose number is the data; offsets restart at
 /// 0) and finally `end` (JSON [`EndEvent`]) once the job is finished and
 /// every byte was sent. Event ids are `STDOUT:STDERR` byte offsets: a client
 /// that reconnects with `Last-Event-ID` misses nothing and gets nothing twice.
+///
+/// With `Accept: application/vnd.hodei.log-frames` the same events come as
+/// binary frames, the bytes as they are (no base64, no JSON); see
+/// `docs/api.md`. The client computes its offsets from the frames.
 #[utoipa::path(
     get,
     path = "/api/v1/jobs/{id}/logs/follow",
@@ -136,7 +148,10 @@ pub fn log_event_json(
         LogParams,
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of `log` (LogEvent JSON), `attempt` and `end` (EndEvent JSON) events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream` of `log` (LogEvent JSON), `attempt` and `end` (EndEvent JSON) events; or, when asked for, the same events as log frames", content(
+            (String = "text/event-stream"),
+            (Vec<u8> = "application/vnd.hodei.log-frames"),
+        )),
         (status = 400, description = "Invalid id, stream or offsets", body = ErrorBodySchema),
         (status = 404, description = "No such job", body = ErrorBodySchema),
     )
@@ -146,11 +161,16 @@ pub async fn follow(
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<LogParams>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = job_id(path)?;
     let Query(p) = params?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let (stream, from) = follow_start(&p, last_event_id)?;
+    let frames = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(frames::CONTENT_TYPE));
     // Subscribe before the first read so no notice can slip between them.
     let notices = app.hub.subscribe();
     let job = app
@@ -169,11 +189,89 @@ pub async fn follow(
         },
         fixed_attempt: p.attempt.is_some(),
         notices,
+        last_sent: Instant::now(),
     };
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(follower.run(tx));
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let out = ReceiverStream::new(rx);
+    Ok(if frames {
+        // A log frame goes out as its head and its bytes, without a copy.
+        let body = out.flat_map(|o| futures::stream::iter(o.into_frame()).map(Ok::<_, Infallible>));
+        (
+            [
+                (header::CONTENT_TYPE, frames::CONTENT_TYPE),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(body),
+        )
+            .into_response()
+    } else {
+        Sse::new(out.filter_map(|o| std::future::ready(o.into_event().map(Ok::<_, Infallible>))))
+            .into_response()
+    })
+}
+
+/// What a follower sends, before it is encoded as an SSE event or a frame.
+enum Out {
+    Log {
+        attempt: u32,
+        chunk: LogChunk,
+        /// The offsets after this chunk (the SSE event id).
+        from: [u64; 2],
+    },
+    Attempt(u32),
+    /// The `EndEvent` JSON.
+    End(String),
+    Error(String),
+    KeepAlive,
+}
+
+impl Out {
+    fn into_event(self) -> Option<Event> {
+        Some(match self {
+            Out::Log {
+                attempt,
+                chunk,
+                from,
+            } => Event::default()
+                .event("log")
+                .id(event_id(from))
+                .data(log_event_json(
+                    attempt,
+                    chunk.stream,
+                    chunk.offset,
+                    &chunk.data,
+                    chunk.timestamp_ms,
+                )),
+            Out::Attempt(n) => Event::default()
+                .event("attempt")
+                .id(event_id([0, 0]))
+                .data(n.to_string()),
+            Out::End(json) => Event::default().event("end").data(json),
+            Out::Error(message) => Event::default().event("error").data(message),
+            Out::KeepAlive => Event::default().comment(""),
+        })
+    }
+
+    /// The frame's pieces: a log frame's head, then its bytes.
+    fn into_frame(self) -> Vec<Bytes> {
+        match self {
+            Out::Log { attempt, chunk, .. } => {
+                let head = frames::log_head(
+                    attempt,
+                    chunk.stream,
+                    chunk.offset,
+                    chunk.timestamp_ms,
+                    chunk.data.len(),
+                );
+                vec![Bytes::copy_from_slice(&head), chunk.data]
+            }
+            Out::Attempt(n) => vec![frames::encode(&Frame::Attempt(n))],
+            Out::End(json) => vec![frames::encode(&Frame::End(json.into()))],
+            Out::Error(message) => vec![frames::encode(&Frame::Error(message))],
+            Out::KeepAlive => vec![frames::encode(&Frame::KeepAlive)],
+        }
+    }
 }
 
 struct Follower {
@@ -181,17 +279,23 @@ struct Follower {
     query: LogQuery,
     fixed_attempt: bool,
     notices: broadcast::Receiver<Notice>,
+    /// When something was last sent (keep-alives fill silences).
+    last_sent: Instant,
 }
 
-type Tx = mpsc::Sender<Result<Event, Infallible>>;
+type Tx = mpsc::Sender<Out>;
 
 impl Follower {
     async fn run(mut self, tx: Tx) {
         if let Err(message) = self.follow(&tx).await {
-            let _ = tx
-                .send(Ok(Event::default().event("error").data(message)))
-                .await;
+            let _ = tx.send(Out::Error(message)).await;
         }
+    }
+
+    /// Sends `out`; `false` when the client is gone.
+    async fn send(&mut self, tx: &Tx, out: Out) -> bool {
+        self.last_sent = Instant::now();
+        tx.send(out).await.is_ok()
     }
 
     async fn follow(&mut self, tx: &Tx) -> Result<(), String> {
@@ -208,7 +312,14 @@ impl Follower {
                 .map_err(|e| e.to_string())?;
             if !chunks.is_empty() {
                 for chunk in chunks {
-                    if tx.send(Ok(self.log_event(chunk))).await.is_err() {
+                    let end = chunk.offset + chunk.data.len() as u64;
+                    self.query.from[chunk.stream.index()] = end;
+                    let log = Out::Log {
+                        attempt: self.query.attempt,
+                        chunk,
+                        from: self.query.from,
+                    };
+                    if !self.send(tx, log).await {
                         return Ok(());
                     }
                 }
@@ -216,7 +327,7 @@ impl Follower {
             }
             if let Some(job) = finished {
                 let end = serde_json::to_string(&EndEvent::of(&job)).map_err(|e| e.to_string())?;
-                let _ = tx.send(Ok(Event::default().event("end").data(end))).await;
+                self.send(tx, Out::End(end)).await;
                 return Ok(());
             }
             // Nothing new to send: only now look at the job.
@@ -230,11 +341,7 @@ impl Follower {
             if !self.fixed_attempt && job.attempt > self.query.attempt {
                 self.query.attempt = job.attempt;
                 self.query.from = [0, 0];
-                let ev = Event::default()
-                    .event("attempt")
-                    .id(event_id(self.query.from))
-                    .data(job.attempt.to_string());
-                if tx.send(Ok(ev)).await.is_err() {
+                if !self.send(tx, Out::Attempt(job.attempt)).await {
                     return Ok(());
                 }
                 continue;
@@ -248,23 +355,10 @@ impl Follower {
                 return Ok(());
             }
             self.wait_for_change().await;
+            if self.last_sent.elapsed() >= KEEP_ALIVE && !self.send(tx, Out::KeepAlive).await {
+                return Ok(());
+            }
         }
-    }
-
-    fn log_event(&mut self, chunk: LogChunk) -> Event {
-        let end = chunk.offset + chunk.data.len() as u64;
-        self.query.from[chunk.stream.index()] = end;
-        let data = log_event_json(
-            self.query.attempt,
-            chunk.stream,
-            chunk.offset,
-            &chunk.data,
-            chunk.timestamp_ms,
-        );
-        Event::default()
-            .event("log")
-            .id(event_id(self.query.from))
-            .data(data)
     }
 
     /// Waits until something happens to this job (or the safety poll).

@@ -10,7 +10,10 @@
 //! stream's small chunks live in the database), and its row in
 //! `log_chunks` keeps an empty `data` with the real `end_offset`. Small
 //! chunks (a job's few lines) stay rows with their bytes, so a short job
-//! makes no file.
+//! makes no file; but once a stream has a file open here, its small chunks
+//! go there too ([`LogFiles::has_file`]): a job printing megabytes also
+//! arrives in pieces of a few KiB whenever the agent is ahead of it, and
+//! those would otherwise be written twice (WAL, then checkpoint).
 //!
 //! Order makes it durable: the bytes are written and fdatasynced (and the
 //! directory fsynced when a file was created) before the transaction that
@@ -117,6 +120,15 @@ impl LogFiles {
         Ok((file, created))
     }
 
+    /// Whether the stream's file is open here: its later chunks go there
+    /// whatever their size. (After the cache was cleared or a restart, small
+    /// chunks are rows again until the next large one: each row says where
+    /// its bytes are.)
+    pub fn has_file(&self, job_id: &str, attempt: u32, stream: LogStream) -> bool {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.contains_key(&(job_id.to_string(), attempt, stream))
+    }
+
     /// Writes `logs` into their files and makes them durable.
     pub fn write(&self, logs: &[LogWrite]) -> Result<(), StoreError> {
         let mut touched: Vec<Arc<File>> = Vec::new();
@@ -207,7 +219,12 @@ mod tests {
             timestamp_ms: 0,
         };
         let (first, second) = (chunk(10, b"hello "), chunk(16, b"world"));
+        assert!(!files.has_file("a/b c", 2, LogStream::Stderr));
         files.write(&[first, second]).expect("write");
+        // The stream's later chunks, however small, follow it to its file.
+        assert!(files.has_file("a/b c", 2, LogStream::Stderr));
+        assert!(!files.has_file("a/b c", 2, LogStream::Stdout));
+        assert!(!files.has_file("a/b c", 1, LogStream::Stderr));
         assert_eq!(
             files
                 .read("a/b c", 2, LogStream::Stderr, 13, 21)

@@ -206,8 +206,21 @@ impl Store for SqliteStore {
         let statements = batches(&jobs, &UPSERT_JOBS_SQL).count()
             + batches(&writes.logs, &INSERT_LOGS_SQL).count()
             + writes.workers.len();
-        // Large chunks' bytes are on disk before the rows that name them.
-        let to_files: Vec<LogWrite> = writes.logs.iter().filter(|l| in_file(l)).cloned().collect();
+        // Which chunks' bytes go to files; those are on disk before the
+        // rows that name them.
+        let in_files: Vec<bool> = writes
+            .logs
+            .iter()
+            .map(|l| {
+                l.data.len() >= FILE_MIN_BYTES || self.logs.has_file(&l.job_id, l.attempt, l.stream)
+            })
+            .collect();
+        let logs: Vec<(&LogWrite, bool)> = writes.logs.iter().zip(in_files).collect();
+        let to_files: Vec<LogWrite> = logs
+            .iter()
+            .filter(|(_, f)| *f)
+            .map(|(l, _)| (*l).clone())
+            .collect();
         if !to_files.is_empty() {
             let files = self.logs.clone();
             tokio::task::spawn_blocking(move || files.write(&to_files))
@@ -223,10 +236,10 @@ impl Store for SqliteStore {
             // atomic, and on disk when it returns (synchronous = FULL). It
             // spares the BEGIN and COMMIT round trips to the connection's
             // thread.
-            return write_all(&mut conn, &jobs, writes).await;
+            return write_all(&mut conn, &jobs, &logs, writes).await;
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        write_all(&mut tx, &jobs, writes).await?;
+        write_all(&mut tx, &jobs, &logs, writes).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -392,10 +405,12 @@ fn multi_row(head: &str, cols: usize, rows: usize, tail: &str) -> String {
     format!("{head}{}{tail}", vec![group; rows].join(", "))
 }
 
-/// Writes the batch's jobs, logs and workers on `conn`.
+/// Writes the batch's jobs, logs (each with whether its bytes are in a
+/// file) and workers on `conn`.
 async fn write_all(
     conn: &mut SqliteConnection,
     jobs: &[&Job],
+    logs: &[(&LogWrite, bool)],
     writes: &Writes,
 ) -> Result<(), StoreError> {
     for (sql, group) in batches(jobs, &UPSERT_JOBS_SQL) {
@@ -405,10 +420,10 @@ async fn write_all(
         }
         query.execute(&mut *conn).await?;
     }
-    for (sql, group) in batches(&writes.logs, &INSERT_LOGS_SQL) {
+    for (sql, group) in batches(logs, &INSERT_LOGS_SQL) {
         let mut query = sqlx::query(sql);
-        for log in group {
-            query = bind_log(query, log)?;
+        for (log, in_file) in group {
+            query = bind_log(query, log, *in_file)?;
         }
         query.execute(&mut *conn).await?;
     }
@@ -451,15 +466,14 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job) -> Result<Query<'q>, StoreError>
         .bind(job.submitter.as_deref()))
 }
 
-/// Whether a chunk's bytes go to its stream's file rather than its row.
-fn in_file(log: &LogWrite) -> bool {
-    log.data.len() >= FILE_MIN_BYTES
-}
-
-fn bind_log<'q>(query: Query<'q>, log: &'q LogWrite) -> Result<Query<'q>, StoreError> {
+fn bind_log<'q>(
+    query: Query<'q>,
+    log: &'q LogWrite,
+    in_file: bool,
+) -> Result<Query<'q>, StoreError> {
     let end = log.offset.saturating_add(log.data.len() as u64);
     // A chunk kept in a file has an empty `data` and its real end offset.
-    let data = if in_file(log) { &[][..] } else { &log.data[..] };
+    let data = if in_file { &[][..] } else { &log.data[..] };
     Ok(query
         .bind(log.job_id.as_str())
         .bind(i64::from(log.attempt))
