@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hodei_core::LogStream;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body;
@@ -13,7 +14,8 @@ use crate::spool::{AttemptFiles, ResultRecord, Totals};
 /// Largest log message sent at once.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
-/// Something to send, before the log data is read from the spool.
+/// Something to send, before the log data is read from the spool (unless
+/// memory still held it).
 enum Due {
     Ready(Body),
     Log {
@@ -24,7 +26,16 @@ enum Due {
         len: usize,
         ts: i64,
         files: Arc<AttemptFiles>,
+        /// The bytes, when they were still in memory.
+        data: Option<Bytes>,
     },
+}
+
+impl Due {
+    /// A log message whose bytes must be read from the spool.
+    fn needs_read(&self) -> bool {
+        matches!(self, Due::Log { data: None, .. })
+    }
 }
 
 impl Outbox {
@@ -61,6 +72,7 @@ impl Outbox {
                         continue;
                     };
                     let len = (sb.end - sb.sent).min(MAX_MESSAGE_BYTES as u64) as usize;
+                    let data = sb.take_recent(sb.sent, len);
                     out.push(Due::Log {
                         job_id: id.clone(),
                         attempt: e.attempt,
@@ -69,6 +81,7 @@ impl Outbox {
                         len,
                         ts: sb.stamp_at(sb.sent),
                         files: files.clone(),
+                        data,
                     });
                     sb.sent += len as u64;
                     bytes += len;
@@ -94,9 +107,9 @@ impl Outbox {
     /// with the log data read from the spool. Empty when nothing is due.
     pub async fn next_batch(&self, max_bytes: usize) -> Vec<Body> {
         let due = self.take_due(max_bytes);
-        if !due.iter().any(|d| matches!(d, Due::Log { .. })) {
-            // Nothing to read from the spool (`Started`, results): no
-            // round trip to a blocking thread.
+        if !due.iter().any(Due::needs_read) {
+            // Nothing to read from the spool (`Started`, results, output
+            // still in memory): no round trip to a blocking thread.
             return due.into_iter().filter_map(Due::into_body).collect();
         }
         let read = tokio::task::spawn_blocking(move || {
@@ -114,7 +127,8 @@ impl Outbox {
 
 impl Due {
     /// The message, with its log data read from the spool (blocking file
-    /// I/O for `Due::Log`); `None` when the spool cannot be read.
+    /// I/O for a `Due::Log` without its bytes); `None` when the spool
+    /// cannot be read.
     fn into_body(self) -> Option<Body> {
         match self {
             Due::Ready(body) => Some(body),
@@ -126,7 +140,11 @@ impl Due {
                 len,
                 ts,
                 files,
-            } => match files.read_at(stream.index(), offset, len) {
+                data,
+            } => match data.map_or_else(
+                || files.read_at(stream.index(), offset, len).map(Bytes::from),
+                Ok,
+            ) {
                 Ok(data) => Some(Body::Log(pb::LogEntry {
                     job_id,
                     data: String::new(),
@@ -137,7 +155,7 @@ impl Due {
                     },
                     offset,
                     timestamp_ms: ts,
-                    bytes: data.into(),
+                    bytes: data,
                     has_offset: true,
                 })),
                 Err(e) => {

@@ -71,6 +71,7 @@ impl Outbox {
             Ok(Ok(buf)) => {
                 sb.dropped = sb.dropped.saturating_sub(marked);
                 sb.wrote(&buf, ts);
+                sb.keep_recent(offset, buf);
                 drop(st);
                 self.ready.notify_one();
             }
