@@ -206,8 +206,7 @@ pub async fn follow(
         )
             .into_response()
     } else {
-        Sse::new(out.filter_map(|o| std::future::ready(o.into_event().map(Ok::<_, Infallible>))))
-            .into_response()
+        Sse::new(out.map(|o| Ok::<_, Infallible>(o.into_event()))).into_response()
     })
 }
 
@@ -227,8 +226,8 @@ enum Out {
 }
 
 impl Out {
-    fn into_event(self) -> Option<Event> {
-        Some(match self {
+    fn into_event(self) -> Event {
+        match self {
             Out::Log {
                 attempt,
                 chunk,
@@ -250,7 +249,7 @@ impl Out {
             Out::End(json) => Event::default().event("end").data(json),
             Out::Error(message) => Event::default().event("error").data(message),
             Out::KeepAlive => Event::default().comment(""),
-        })
+        }
     }
 
     /// The frame's pieces: a log frame's head, then its bytes.
