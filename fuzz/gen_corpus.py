@@ -202,6 +202,16 @@ def log_framing():
     out.append(b"\x02" + b"1 (a) b) (c) S 1 1 1")
     # 3: fit_chunk triples (persisted u64, offset u64, len/1000).
     out.append(b"\x03" + struct.pack("<QQB", 10, 4, 1) + struct.pack("<QQB", 2**64 - 1, 2**64 - 2, 255))
+    # 4: log frames (kind, u32 BE length, payload), split after byte N.
+    frame = lambda kind, payload: kind + struct.pack(">I", len(payload)) + payload
+    log = lambda attempt, stream, offset, ts, data: frame(
+        b"L", struct.pack(">IBQq", attempt, stream, offset, ts) + data)
+    body = (log(1, 0, 0, 1700000000000, b"hello\n") + frame(b"K", b"")
+            + log(1, 1, 0, 1700000000001, b"oops\n") + frame(b"A", struct.pack(">I", 2))
+            + log(2, 0, 0, 1700000000002, b"again\n") + frame(b"X", b"store failed")
+            + frame(b"E", b'{"state":"succeeded","exit_code":0,"signal":null,"reason":null}'))
+    out.append(b"\x04" + bytes([7]) + body)
+    out.append(b"\x04" + bytes([40]) + frame(b"Z", b"later kind") + body[:50])
     return out
 
 

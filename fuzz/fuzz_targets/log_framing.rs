@@ -13,12 +13,17 @@
 //! - 2: `/proc/<pid>/stat` lines (`recover::parse_stat`), whose command
 //!   name a job chooses.
 //! - 3: `fit_chunk` and `StreamTotal` arithmetic.
+//! - 4: a log-frames body (`hodei_core::frames`), as a server sends it to a
+//!   following client, arriving in two reads split where the next byte
+//!   says: decoding never panics, and the frames it decodes encode back to
+//!   bytes that decode to the same frames.
 #![no_main]
 
 use bytes::Bytes;
 use hodei_agent::recover::parse_stat;
 use hodei_agent::spool::{Meta, attempt_dir_name, parse_meta};
 use hodei_core::engine::{Engine, EngineConfig, Input, Output, ToAgent};
+use hodei_core::frames::{Decoder, encode};
 use hodei_core::log::{ChunkFit, StreamTotal, fit_chunk};
 use hodei_core::{JobSpec, LogStream, Outcome};
 use libfuzzer_sys::fuzz_target;
@@ -222,14 +227,43 @@ fn arithmetic(data: &[u8]) {
     assert_eq!(whole.crc32c, crc32c::crc32c(data));
 }
 
+fn log_frames(data: &[u8]) {
+    let Some((&split, body)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(split).min(body.len());
+    let mut decoder = Decoder::default();
+    let mut frames = Vec::new();
+    'reads: for read in [&body[..cut], &body[cut..]] {
+        decoder.feed(read);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => break 'reads, // A malformed body: the client stops.
+            }
+        }
+    }
+    let again: Vec<u8> = frames.iter().flat_map(|f| encode(f).to_vec()).collect();
+    let mut decoder = Decoder::default();
+    decoder.feed(&again);
+    let mut back = Vec::new();
+    while let Some(frame) = decoder.next_frame().expect("re-encoded frames decode") {
+        back.push(frame);
+    }
+    decoder.finish().expect("re-encoded frames end on a frame boundary");
+    assert_eq!(back, frames);
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 4 {
+    match mode % 5 {
         0 => offsets(rest),
         1 => spool_meta(rest),
         2 => proc_stat(rest),
-        _ => arithmetic(rest),
+        3 => arithmetic(rest),
+        _ => log_frames(rest),
     }
 });
