@@ -53,16 +53,17 @@ impl Client {
         reconnect_for: Duration,
         mut on_event: impl FnMut(FollowEvent),
     ) -> Result<EndEvent, ClientError> {
-        // Where to resume: `STDOUT:STDERR`, as the last event left it.
-        let mut resume: Option<String> = None;
+        // Where to resume: the stdout and stderr offsets the last event
+        // reached (`None`: from the start of the current attempt).
+        let mut resume: Option<[u64; 2]> = None;
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             let mut req = self
                 .http
                 .get(self.url(&format!("/jobs/{id}/logs/follow")))
                 .header(reqwest::header::ACCEPT, frames::CONTENT_TYPE);
-            if let Some(at) = &resume {
-                req = req.header("Last-Event-ID", at);
+            if let Some([o, e]) = resume {
+                req = req.header("Last-Event-ID", format!("{o}:{e}"));
             }
             let message = match self.send(req).await {
                 Ok(resp) => {
@@ -102,14 +103,12 @@ impl Client {
 /// Reads one connection's log frames.
 async fn read_frames(
     body: impl Stream<Item = reqwest::Result<Bytes>>,
-    resume: &mut Option<String>,
+    resume: &mut Option<[u64; 2]>,
     seen: &mut impl FnMut(),
     on_event: &mut impl FnMut(FollowEvent),
 ) -> Result<Ended, ClientError> {
     let mut body = std::pin::pin!(body);
     let mut decoder = frames::Decoder::default();
-    // The position the server started from, as the SSE event ids carry it.
-    let mut pos = resume.as_deref().map_or(Some([0, 0]), parse_position);
     while let Some(piece) = body.next().await {
         let piece = match piece {
             Ok(piece) => piece,
@@ -126,10 +125,8 @@ async fn read_frames(
                     data,
                     ..
                 } => {
-                    let end = offset + data.len() as u64;
-                    if let Some(p) = pos.as_mut() {
-                        p[stream.index()] = end;
-                    }
+                    // Frames carry no id: the position is where this one ends.
+                    resume.get_or_insert([0, 0])[stream.index()] = offset + data.len() as u64;
                     on_event(FollowEvent::Log {
                         attempt,
                         stream,
@@ -138,7 +135,7 @@ async fn read_frames(
                     });
                 }
                 Frame::Attempt(n) => {
-                    pos = Some([0, 0]);
+                    *resume = Some([0, 0]);
                     on_event(FollowEvent::Attempt(n));
                 }
                 Frame::End(json) => {
@@ -149,7 +146,6 @@ async fn read_frames(
                 Frame::Error(message) => return Err(ClientError::Protocol(message)),
                 Frame::KeepAlive => {}
             }
-            *resume = pos.map(|[o, e]| format!("{o}:{e}"));
         }
     }
     Ok(Ended::Broken(match decoder.finish() {
@@ -167,7 +163,7 @@ fn parse_position(s: &str) -> Option<[u64; 2]> {
 /// Reads one connection's Server-Sent Events.
 async fn read_sse(
     body: impl Stream<Item = reqwest::Result<Bytes>>,
-    resume: &mut Option<String>,
+    resume: &mut Option<[u64; 2]>,
     seen: &mut impl FnMut(),
     on_event: &mut impl FnMut(FollowEvent),
 ) -> Result<Ended, ClientError> {
@@ -203,8 +199,8 @@ async fn read_sse(
             "error" => return Err(ClientError::Protocol(ev.data)),
             _ => {}
         }
-        if !ev.id.is_empty() {
-            *resume = Some(ev.id);
+        if let Some(at) = parse_position(&ev.id) {
+            *resume = Some(at);
         }
     }
     Ok(Ended::Broken("log stream ended early".to_string()))

@@ -373,7 +373,16 @@ async fn the_client_follow_resumes_across_a_server_restart() {
         async move { (n >= 10).then_some(()) }
     })
     .await;
+    while let Ok(data) = rx.try_recv() {
+        text.push_str(&String::from_utf8_lossy(&data));
+    }
     server.kill();
+    // Whatever arrives after this was read on a new connection.
+    let before_kill = text.lines().count();
+    assert!(
+        before_kill < 60,
+        "all 60 lines arrived before the server was killed: nothing was resumed"
+    );
     let _server = ServerProc::start_on(&data, &addr, &[]);
     let end = tokio::time::timeout(Duration::from_secs(60), follow)
         .await

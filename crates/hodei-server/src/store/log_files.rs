@@ -11,7 +11,7 @@
 //! `log_chunks` keeps an empty `data` with the real `end_offset`. Small
 //! chunks (a job's few lines) stay rows with their bytes, so a short job
 //! makes no file; but once a stream has a file open here, its small chunks
-//! go there too ([`LogFiles::has_file`]): a job printing megabytes also
+//! go there too ([`LogFiles::placement`]): a job printing megabytes also
 //! arrives in pieces of a few KiB whenever the agent is ahead of it, and
 //! those would otherwise be written twice (WAL, then checkpoint).
 //!
@@ -120,13 +120,19 @@ impl LogFiles {
         Ok((file, created))
     }
 
-    /// Whether the stream's file is open here: its later chunks go there
-    /// whatever their size. (After the cache was cleared or a restart, small
-    /// chunks are rows again until the next large one: each row says where
-    /// its bytes are.)
-    pub fn has_file(&self, job_id: &str, attempt: u32, stream: LogStream) -> bool {
+    /// Where each chunk's bytes go: `true` for its stream's file (a chunk
+    /// of at least [`FILE_MIN_BYTES`], or any chunk of a stream whose file
+    /// is open here), `false` for its row. After the cache was cleared or a
+    /// restart, small chunks are rows again until the next large one: each
+    /// row says where its bytes are. One lock for the whole batch.
+    pub fn placement(&self, logs: &[LogWrite]) -> Vec<bool> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.contains_key(&(job_id.to_string(), attempt, stream))
+        logs.iter()
+            .map(|l| {
+                l.data.len() >= FILE_MIN_BYTES
+                    || open.contains_key(&(l.job_id.clone(), l.attempt, l.stream))
+            })
+            .collect()
     }
 
     /// Writes `logs` into their files and makes them durable.
@@ -219,12 +225,27 @@ mod tests {
             timestamp_ms: 0,
         };
         let (first, second) = (chunk(10, b"hello "), chunk(16, b"world"));
-        assert!(!files.has_file("a/b c", 2, LogStream::Stderr));
+        let small = |attempt: u32, stream: LogStream| LogWrite {
+            attempt,
+            stream,
+            ..chunk(0, b"x")
+        };
+        let big = LogWrite {
+            data: Bytes::from(vec![b'y'; FILE_MIN_BYTES]),
+            ..small(9, LogStream::Stdout)
+        };
+        let probe = [small(2, LogStream::Stderr), big.clone()];
+        assert_eq!(files.placement(&probe), [false, true]);
         files.write(&[first, second]).expect("write");
-        // The stream's later chunks, however small, follow it to its file.
-        assert!(files.has_file("a/b c", 2, LogStream::Stderr));
-        assert!(!files.has_file("a/b c", 2, LogStream::Stdout));
-        assert!(!files.has_file("a/b c", 1, LogStream::Stderr));
+        // The stream's later chunks, however small, follow it to its file;
+        // other streams' and attempts' small chunks stay rows.
+        let probe = [
+            small(2, LogStream::Stderr),
+            small(2, LogStream::Stdout),
+            small(1, LogStream::Stderr),
+            big,
+        ];
+        assert_eq!(files.placement(&probe), [true, false, false, true]);
         assert_eq!(
             files
                 .read("a/b c", 2, LogStream::Stderr, 13, 21)

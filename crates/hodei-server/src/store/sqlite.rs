@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::batch::{SHAPES, batches, shapes};
-use super::log_files::{FILE_MIN_BYTES, LogFiles};
+use super::log_files::LogFiles;
 use super::rows::{corrupt, decode_chunk, job_from_row, log_end_from_row, to_i64, worker_from_row};
 use super::sqlite_checkpoint::Checkpointer;
 use super::{FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, Store, StoreError, listing};
@@ -208,13 +208,7 @@ impl Store for SqliteStore {
             + writes.workers.len();
         // Which chunks' bytes go to files; those are on disk before the
         // rows that name them.
-        let in_files: Vec<bool> = writes
-            .logs
-            .iter()
-            .map(|l| {
-                l.data.len() >= FILE_MIN_BYTES || self.logs.has_file(&l.job_id, l.attempt, l.stream)
-            })
-            .collect();
+        let in_files = self.logs.placement(&writes.logs);
         let logs: Vec<(&LogWrite, bool)> = writes.logs.iter().zip(in_files).collect();
         let to_files: Vec<LogWrite> = logs
             .iter()
