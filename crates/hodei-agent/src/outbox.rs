@@ -4,16 +4,23 @@
 //! down; after a reconnect everything unacknowledged is sent again from the
 //! last acknowledged offset (the orchestrator drops what it already has).
 //!
-//! This is the in-memory bookkeeping (offsets, checksums, what was sent);
-//! the bytes themselves live in the on-disk [spool](crate::spool) and are
-//! read back from it when they are sent, so memory stays small however much
-//! a job prints or however long the orchestrator is away.
+//! Output is held in memory and sent from there until the orchestrator
+//! acknowledges it (16 MiB per stream, 64 MiB in all). A stream at its
+//! limit waits for an acknowledgement to make room, holding the job back,
+//! while a session is up and acknowledged something in the last second;
+//! otherwise (no session, or a stalled one) its oldest bytes go to the
+//! on-disk [spool](crate::spool). When an attempt ends, everything not
+//! acknowledged yet goes to the spool before its result is recorded. So
+//! memory stays bounded however much a job prints or however long the
+//! orchestrator is away, a job is held back only by an orchestrator that is
+//! keeping up more slowly, and output acknowledged quickly never touches
+//! the disk. `stream.rs` has the details.
 //!
 //! # A full spool
 //!
 //! The spool holds at most `max_bytes` unacknowledged bytes, all jobs
-//! together. A chunk that does not fit is dropped (the job is never held
-//! back) and counted; before the next byte written to that stream, as soon
+//! together. A chunk that does not fit is dropped (a full spool never holds
+//! the job back) and counted; before the next byte written to that stream, as soon
 //! as it fits again, or when the job ends, the stream gets a line
 //! `[hodei: N bytes of output dropped: the agent's log spool was full]`, so
 //! the loss is visible in the log. A write that fails (a full disk, an I/O
@@ -21,8 +28,8 @@
 //!
 //! # Checksums
 //!
-//! Each stream keeps a running crc32c of every byte written to the spool,
-//! markers included; the result carries the totals (`StreamSummary`) so that
+//! Each stream keeps a running crc32c of every byte it accepted, markers
+//! included; the result carries the totals (`StreamSummary`) so that
 //! the orchestrator can check what it stored. For an attempt whose streams
 //! do not start at offset 0 no totals are sent (the agent has not seen the
 //! bytes before its start offset).
@@ -37,7 +44,7 @@ use tokio::sync::{Notify, watch};
 use tracing::warn;
 
 use crate::recover::{KillResult, SpoolLock, open_spool, process_record};
-use crate::spool::{AttemptFiles, Meta, PUNCH_BLOCK, Recycler};
+use crate::spool::{AttemptFiles, Meta, Recycler};
 
 mod send;
 mod stream;
@@ -90,9 +97,18 @@ impl Entry {
 #[derive(Debug, Default)]
 struct State {
     jobs: HashMap<String, Entry>,
-    /// Unacknowledged bytes in the spool (and being written), all jobs.
+    /// Unacknowledged bytes (in memory or in the spool), all jobs.
     unacked: u64,
+    /// Unacknowledged bytes held in memory, all jobs.
+    held: usize,
+    /// While a session is up: when it started or last acknowledged output.
+    last_ack: Option<tokio::time::Instant>,
 }
+
+/// The most unacknowledged output the agent holds in memory, all jobs
+/// together; past it, a stream that grows writes its oldest chunks to the
+/// spool (see `stream.rs`).
+pub(super) const HELD_TOTAL_MAX: usize = 64 * 1024 * 1024;
 
 /// What the spool held when the agent started; see [`crate::recover`].
 #[derive(Debug, Default)]
@@ -111,6 +127,8 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the sender when there is something to send.
     pub ready: Notify,
+    /// Wakes writers waiting for room in memory when an ack frees some.
+    acked: Notify,
     spool: PathBuf,
     /// Acknowledged attempts' directories, emptied for the next attempts.
     recycler: Arc<Recycler>,
@@ -146,11 +164,8 @@ impl Outbox {
             let mut e = Entry::new(r.meta.attempt, r.meta.base, cancel);
             let totals = [rec.stdout, rec.stderr];
             for (i, sb) in e.streams.iter_mut().enumerate() {
-                sb.acked = r.resume[i];
-                sb.sent = r.resume[i];
-                sb.end = totals[i].bytes;
-                sb.crc = totals[i].crc32c;
-                sb.punched = r.resume[i] / PUNCH_BLOCK * PUNCH_BLOCK;
+                let (from, t) = (r.resume[i], totals[i]);
+                *sb = StreamState::on_disk(r.meta.base[i], from, from, t.bytes, t.crc32c);
             }
             e.pid = r.meta.process.as_ref().map(|p| p.pid);
             e.result = Some(wire_result(
@@ -169,6 +184,7 @@ impl Outbox {
         let outbox = Outbox {
             state: Mutex::new(state),
             ready: Notify::new(),
+            acked: Notify::new(),
             spool: spool_dir,
             recycler: Arc::new(recycler),
             max_bytes,
@@ -303,7 +319,15 @@ impl Outbox {
     pub async fn ack_logs(&self, ack: &pb::LogAck) {
         let (files, punches) = {
             let mut st = self.lock();
-            let State { jobs, unacked } = &mut *st;
+            if st.last_ack.is_some() {
+                st.last_ack = Some(tokio::time::Instant::now());
+            }
+            let State {
+                jobs,
+                unacked,
+                held,
+                ..
+            } = &mut *st;
             let Some(e) = jobs
                 .get_mut(&ack.job_id)
                 .filter(|e| e.attempt == ack.attempt)
@@ -317,9 +341,11 @@ impl Outbox {
             {
                 let sb = &mut e.streams[s];
                 if !ack.resend || offset >= sb.acked {
-                    *unacked = (*unacked).saturating_sub(sb.ack(offset));
-                } else if offset >= sb.punched.max(sb.base) {
-                    // Still in the spool: take the acknowledgement back.
+                    let (freed, forgotten) = sb.ack(offset);
+                    *unacked = (*unacked).saturating_sub(freed);
+                    *held = (*held).saturating_sub(forgotten);
+                } else if offset >= sb.held_from() {
+                    // Still in memory or the spool: take the acknowledgement back.
                     *unacked += sb.acked - offset;
                     sb.acked = offset;
                 } else {
@@ -339,6 +365,7 @@ impl Outbox {
             (e.files.clone(), punches)
         };
         self.ready.notify_one();
+        self.acked.notify_waiters();
         let Some(files) = files.filter(|_| !punches.is_empty()) else {
             return;
         };
@@ -369,6 +396,8 @@ impl Outbox {
             };
             if let Some(e) = &removed {
                 st.unacked = st.unacked.saturating_sub(e.unacked());
+                let held: usize = e.streams.iter().map(StreamState::held_bytes).sum();
+                st.held = st.held.saturating_sub(held);
             }
             removed
         };
@@ -396,9 +425,18 @@ impl Outbox {
         }
     }
 
+    /// The session ended: output that does not fit in memory goes to the
+    /// spool at once (no acknowledgement will make room).
+    pub fn detach(&self) {
+        self.lock().last_ack = None;
+        self.acked.notify_waiters();
+    }
+
     /// A new session starts: everything unacknowledged is due again.
     pub fn rewind(&self) {
-        for e in self.lock().jobs.values_mut() {
+        let mut st = self.lock();
+        st.last_ack = Some(tokio::time::Instant::now());
+        for e in st.jobs.values_mut() {
             e.started_sent = false;
             e.result_sent = false;
             for sb in &mut e.streams {

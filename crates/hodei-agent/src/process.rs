@@ -20,7 +20,8 @@
 //! # Output
 //!
 //! stdout and stderr are read from two pipes by two tasks. Each read (into a
-//! buffer of at most 64 KiB) becomes one [`OutputChunk`] right away, so
+//! buffer of at most 64 KiB, or 1 MiB once a read came back full and the
+//! pipe was grown to match) becomes one [`OutputChunk`] right away, so
 //! interactive output is forwarded immediately and heavy output travels in
 //! large chunks; the bytes are never copied or decoded. If the receiver is
 //! gone the pipes are still drained, so the job never blocks on a full pipe.
@@ -73,6 +74,7 @@
 //! process cannot hold the job (and the agent's slot) forever.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::pin::pin;
 use std::process::ExitStatus;
@@ -94,8 +96,13 @@ use tracing::{debug, warn};
 use crate::executor::{CancelSignal, ExecSpec, Executor, OutputChunk, now_ms};
 use crate::spawn;
 
-/// The most one read from a pipe (and so one [`OutputChunk`]) carries.
+/// The most one read from a pipe (and so one [`OutputChunk`]) carries, at
+/// first: a pipe's default capacity.
 const READ_CHUNK: usize = 64 * 1024;
+/// A pipe whose read came back full (the job writes faster than the agent
+/// reads) is grown to this, and reads up to it: fewer, larger chunks for
+/// heavy output, and no cost for a job that prints little.
+const PIPE_GROWN: usize = 1024 * 1024;
 
 /// How long the pipes may stay open, idle, after the whole group was killed
 /// and its leader reaped; only a process that left the group can hold them.
@@ -438,7 +445,7 @@ async fn join_pumps(stdout: JoinHandle<()>, stderr: JoinHandle<()>) {
 
 /// Forwards one pipe to `output` until end-of-file, or until `stop` is set
 /// and the pipe has nothing more to read right now.
-async fn pump<R: AsyncRead + Unpin>(
+async fn pump<R: AsyncRead + AsFd + Unpin>(
     mut pipe: R,
     stream: LogStream,
     output: mpsc::Sender<OutputChunk>,
@@ -446,10 +453,11 @@ async fn pump<R: AsyncRead + Unpin>(
 ) {
     let mut buf = BytesMut::new();
     let mut forwarding = true;
+    let mut chunk = READ_CHUNK;
     loop {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(chunk);
         let read = {
-            let mut limited = (&mut buf).limit(READ_CHUNK);
+            let mut limited = (&mut buf).limit(chunk);
             tokio::select! {
                 biased;
                 read = pipe.read_buf(&mut limited) => read,
@@ -458,13 +466,16 @@ async fn pump<R: AsyncRead + Unpin>(
         };
         match read {
             Ok(0) => break,
-            Ok(_) => {
-                let chunk = OutputChunk {
+            Ok(n) => {
+                if n == chunk && chunk < PIPE_GROWN {
+                    chunk = grow_pipe(&pipe).unwrap_or(chunk).max(chunk);
+                }
+                let out = OutputChunk {
                     stream,
                     data: buf.split().freeze(),
                     timestamp_ms: now_ms(),
                 };
-                if forwarding && output.send(chunk).await.is_err() {
+                if forwarding && output.send(out).await.is_err() {
                     debug!(?stream, "output receiver gone; draining the pipe");
                     forwarding = false;
                 }
@@ -476,6 +487,27 @@ async fn pump<R: AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// Grows a pipe to [`PIPE_GROWN`]; its new capacity, or `None` when the
+/// kernel refused (past the user's pipe-buffer limit, say: the pipe keeps
+/// its size and nothing else changes).
+#[cfg(target_os = "linux")]
+fn grow_pipe(pipe: &impl AsFd) -> Option<usize> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let size = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_GROWN as i32));
+    match size {
+        Ok(size) => usize::try_from(size).ok().map(|s| s.min(PIPE_GROWN)),
+        Err(err) => {
+            debug!(%err, "cannot grow the output pipe");
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn grow_pipe(_pipe: &impl AsFd) -> Option<usize> {
+    None
 }
 
 /// The exit code and message for a command that could not be started.

@@ -2,7 +2,8 @@
 //! a previous agent left in it.
 //!
 //! - **An attempt with a result** in its `meta.json` had ended, and its
-//!   complete log was fsynced before the result was written. It is offered
+//!   log (every byte the orchestrator had not acknowledged) was written and
+//!   fsynced before the result was. It is offered
 //!   again: listed in `Hello.running`, its unacknowledged log (from the
 //!   acknowledged offset in `meta.json`, skipping holes punched since) and
 //!   its result are sent after `Welcome`, and the directory is deleted on
@@ -182,6 +183,12 @@ fn resume(path: &Path, meta: Meta) -> Result<Resumed, String> {
     let totals = [result.stdout, result.stderr];
     let mut resume = meta.acked;
     for i in 0..2 {
+        if meta.acked[i] >= totals[i].bytes {
+            // Nothing is owed: the file may hold none of it (output the
+            // orchestrator acknowledged while in memory is never written).
+            resume[i] = totals[i].bytes;
+            continue;
+        }
         let len = files.len(i).map_err(|e| format!("cannot stat: {e}"))?;
         if len < totals[i].bytes {
             return Err(format!(

@@ -283,6 +283,7 @@ async fn session(
             }
         }
     };
+    outbox.detach();
     sender.abort();
     beats.abort();
     if matches!(end, SessionEnd::Done) {

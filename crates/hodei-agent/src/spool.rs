@@ -16,8 +16,11 @@
 //! `[A-Za-z0-9._-]` as `%XX`; `meta.json` is what counts.
 //!
 //! Log data is written with `pwrite` at its stream offset and read back with
-//! `pread` when it is sent, so only what is in flight is in memory. It is
-//! not fsynced per write: an agent crash kills the job anyway (see
+//! `pread` when it is sent, but only the output that memory cannot hold, or
+//! that is still unacknowledged when the attempt ends, is written at all
+//! (see `outbox/stream.rs`): a stream file is sparse, and may hold nothing
+//! when the orchestrator acknowledged everything while it was in memory.
+//! It is not fsynced per write: an agent crash kills the job anyway (see
 //! [`crate::recover`]). Acknowledged ranges are freed with
 //! `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`, in whole 4 KiB
 //! blocks (where the filesystem cannot punch holes the data just stays until

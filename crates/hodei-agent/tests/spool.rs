@@ -162,10 +162,10 @@ async fn round_trip_from_offsets_ack_punches_holes_and_result_ack_deletes() {
         .push("job-1", chunk(LogStream::Stdout, "world"))
         .await;
 
-    // File offset == stream offset.
+    // Output is held in memory first: nothing is written yet.
     let entry = entry_dir(dir.path(), "job-1", 1);
-    assert_eq!(std::fs::read(entry.join("stdout")).unwrap(), b"hello world");
-    assert_eq!(std::fs::read(entry.join("stderr")).unwrap(), b"oops");
+    assert_eq!(std::fs::read(entry.join("stdout")).unwrap(), b"");
+    assert_eq!(std::fs::read(entry.join("stderr")).unwrap(), b"");
 
     let sent = drain(&outbox).await;
     assert!(
@@ -183,16 +183,28 @@ async fn round_trip_from_offsets_ack_punches_holes_and_result_ack_deletes() {
     assert_eq!(sent.stream("job-1", LogStream::Stderr, 0), b"oops");
     assert_eq!(outbox.unacked_bytes(), 5 + 4);
 
-    // Heavy output: 4 MiB, read back from the file, freed once acknowledged.
-    let big = noise(4 << 20, 42);
+    // Heavy output: 32 MiB, twice what a stream holds in memory. The oldest
+    // unacknowledged bytes go to the file (file offset == stream offset;
+    // "hello " was acknowledged in memory and is never written), are read
+    // back from it, and are freed once acknowledged.
+    let big = noise(32 << 20, 42);
     for piece in big.chunks(64 * 1024) {
         outbox
             .push("job-1", chunk(LogStream::Stdout, piece.to_vec()))
             .await;
     }
+    let stdout_file = entry.join("stdout");
+    let on_disk = std::fs::read(&stdout_file).unwrap();
+    assert!(
+        on_disk.len() >= 11 + (16 << 20),
+        "spilled {}",
+        on_disk.len()
+    );
+    assert!(on_disk[..6].iter().all(|b| *b == 0), "never written");
+    assert_eq!(&on_disk[6..11], b"world");
+    assert_eq!(on_disk[11..], big[..on_disk.len() - 11]);
     let sent = drain(&outbox).await;
     assert_eq!(sent.stream("job-1", LogStream::Stdout, 11), big);
-    let stdout_file = entry.join("stdout");
     let before = blocks(&stdout_file);
     let end = 11 + big.len() as u64;
     outbox.ack_logs(&ack("job-1", 1, end, 4, false)).await;
@@ -200,7 +212,7 @@ async fn round_trip_from_offsets_ack_punches_holes_and_result_ack_deletes() {
     let after = blocks(&stdout_file);
     assert_eq!(
         std::fs::metadata(&stdout_file).unwrap().len(),
-        end,
+        on_disk.len() as u64,
         "size kept"
     );
     if punch_supported(dir.path()) {
@@ -241,6 +253,111 @@ async fn round_trip_from_offsets_ack_punches_holes_and_result_ack_deletes() {
     assert!(outbox.ack_result(&right).await);
     assert!(!entry.exists(), "spool entry deleted after ResultAck");
     assert!(outbox.is_empty());
+}
+
+#[tokio::test]
+async fn unacknowledged_output_reaches_the_spool_before_the_result_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = open(dir.path(), 1 << 30).await;
+    add(&outbox, "job-m", 1).await;
+    outbox
+        .push("job-m", chunk(LogStream::Stdout, "acked part "))
+        .await;
+    outbox.push("job-m", chunk(LogStream::Stderr, "err")).await;
+    let sent = drain(&outbox).await;
+    assert_eq!(sent.stream("job-m", LogStream::Stdout, 0), b"acked part ");
+    outbox.ack_logs(&ack("job-m", 1, 11, 3, false)).await;
+    outbox
+        .push("job-m", chunk(LogStream::Stdout, "pending"))
+        .await;
+    let entry = entry_dir(dir.path(), "job-m", 1);
+    assert_eq!(std::fs::read(entry.join("stdout")).unwrap(), b"");
+
+    // The result: only the unacknowledged bytes are written, at their
+    // offsets, before it; a stream with nothing owed is not written.
+    outbox.finish("job-m", result("job-m", 1, 0)).await;
+    let on_disk = std::fs::read(entry.join("stdout")).unwrap();
+    assert_eq!(on_disk.len(), 18);
+    assert!(on_disk[..11].iter().all(|b| *b == 0));
+    assert_eq!(&on_disk[11..], b"pending");
+    assert_eq!(std::fs::read(entry.join("stderr")).unwrap(), b"");
+    let meta = read_meta(&entry).expect("meta");
+    assert_eq!(meta.acked, [11, 3]);
+    assert!(meta.result.is_some());
+
+    // The agent dies before anything more is sent: a new one offers the
+    // rest from the spool, then the result with the totals of everything.
+    drop(outbox);
+    let (outbox, recovery) = Outbox::open(dir.path().join("spool"), 1 << 30)
+        .await
+        .expect("reopen");
+    assert_eq!(recovery.resumed, [("job-m".to_string(), 1)]);
+    assert_eq!(recovery.discarded, 0);
+    let sent = drain(&outbox).await;
+    assert_eq!(sent.stream("job-m", LogStream::Stdout, 11), b"pending");
+    assert_eq!(sent.stream("job-m", LogStream::Stderr, 3), b"");
+    let r = sent.results()[0].clone();
+    let stdout = r.stdout.expect("totals");
+    assert_eq!(stdout.bytes, 18);
+    assert_eq!(stdout.crc32c, crc32c::crc32c(b"acked part pending"));
+    assert_eq!(r.stderr.expect("totals").bytes, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_its_memory_limit_a_stream_waits_for_acks_while_they_come_and_spills_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = std::sync::Arc::new(open(dir.path(), 1 << 30).await);
+    add(&outbox, "job-w", 1).await;
+    let stdout_file = entry_dir(dir.path(), "job-w", 1).join("stdout");
+    let mib = |byte: u8| chunk(LogStream::Stdout, vec![byte; 1 << 20]);
+    outbox.rewind(); // A session is up.
+    for _ in 0..16 {
+        outbox.push("job-w", mib(b'a')).await; // 16 MiB: what memory holds.
+    }
+    // One more does not fit: the push waits for an acknowledgement.
+    let o = outbox.clone();
+    let pushing = tokio::spawn(async move { o.push("job-w", mib(b'b')).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!pushing.is_finished(), "held back while acks come");
+    outbox.ack_logs(&ack("job-w", 1, 1 << 20, 0, false)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), pushing)
+        .await
+        .expect("the ack made room")
+        .expect("push");
+    assert_eq!(
+        std::fs::metadata(&stdout_file).unwrap().len(),
+        0,
+        "nothing written"
+    );
+
+    // No session: nothing will make room, so the oldest unacknowledged
+    // mebibyte goes to the spool at once.
+    outbox.detach();
+    outbox.push("job-w", mib(b'c')).await;
+    let on_disk = std::fs::read(&stdout_file).unwrap();
+    assert_eq!(on_disk.len(), 2 << 20);
+    assert!(on_disk[1 << 20..].iter().all(|b| *b == b'a'));
+
+    // A session that stops acknowledging: the push waits at most a second
+    // after the last acknowledgement, then writes.
+    outbox.rewind();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        outbox.push("job-w", mib(b'd')),
+    )
+    .await
+    .expect("a stalled session does not hold the job back for long");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(std::fs::metadata(&stdout_file).unwrap().len(), 3 << 20);
+
+    // Everything arrives in order, from the spool and from memory.
+    let sent = drain(&outbox).await;
+    let mut expected = vec![b'a'; 16 << 20];
+    expected.extend(vec![b'b'; 1 << 20]);
+    expected.extend(vec![b'c'; 1 << 20]);
+    expected.extend(vec![b'd'; 1 << 20]);
+    assert!(sent.stream("job-w", LogStream::Stdout, 1 << 20) == expected[1 << 20..]);
 }
 
 #[tokio::test]

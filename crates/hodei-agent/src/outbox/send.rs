@@ -1,4 +1,5 @@
-//! Choosing what to send next, and reading its log data from the spool.
+//! Choosing what to send next, and reading its log data from memory or,
+//! when memory no longer holds it, from the spool.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::spool::{AttemptFiles, ResultRecord, Totals};
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Something to send, before the log data is read from the spool (unless
-/// memory still held it).
+/// memory holds it).
 enum Due {
     Ready(Body),
     Log {
@@ -26,7 +27,7 @@ enum Due {
         len: usize,
         ts: i64,
         files: Arc<AttemptFiles>,
-        /// The bytes, when they were still in memory.
+        /// The bytes, when memory holds them.
         data: Option<Bytes>,
     },
 }
@@ -71,8 +72,10 @@ impl Outbox {
                     let Some(files) = e.files.as_ref().filter(|_| sb.sent < sb.end) else {
                         continue;
                     };
-                    let len = (sb.end - sb.sent).min(MAX_MESSAGE_BYTES as u64) as usize;
-                    let data = sb.take_recent(sb.sent, len);
+                    let (len, data) = sb.sendable(sb.sent, MAX_MESSAGE_BYTES);
+                    if len == 0 {
+                        continue;
+                    }
                     out.push(Due::Log {
                         job_id: id.clone(),
                         attempt: e.attempt,

@@ -1,11 +1,17 @@
-//! Writing output into the spool, and the result once the job ended.
+//! Accepting output (into memory, and into the spool when memory is
+//! full), and recording the result once the job ended.
+
+use std::io;
+
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use hodei_core::LogStream;
 use hwp_proto::pb;
 use tracing::{error, warn};
 
-use super::{Outbox, State, dropped_marker, wire_result};
+use super::stream::HELD_MAX;
+use super::{HELD_TOTAL_MAX, Outbox, State, dropped_marker, wire_result};
 use crate::executor::{OutputChunk, now_ms};
 use crate::spool::ResultRecord;
 
@@ -21,71 +27,119 @@ impl Outbox {
             .await;
     }
 
-    /// Writes `data` into stream `s`, after the dropped-bytes marker if one
-    /// is due. Unless `force`, drops it all when it does not fit.
+    /// Accepts `data` into stream `s`, after the dropped-bytes marker if
+    /// one is due. Unless `force`, drops it all when the spool could not
+    /// take it. Holding it in memory may first write the stream's oldest
+    /// held chunks to the spool; when that fails, `data` is dropped.
     async fn write(&self, job_id: &str, s: usize, data: Bytes, ts: i64, force: bool) {
-        let (files, offset, buf, marked) = {
+        let incoming = data.len()
+            + self.lock().jobs.get(job_id).map_or(0, |e| {
+                if e.streams[s].dropped > 0 {
+                    dropped_marker(e.streams[s].dropped).len()
+                } else {
+                    0
+                }
+            });
+        if let Err(why) = self.make_room(job_id, s, incoming).await {
             let mut st = self.lock();
-            let State { jobs, unacked } = &mut *st;
-            let Some(e) = jobs.get_mut(job_id) else {
-                return;
-            };
-            let sb = &mut e.streams[s];
-            let Some(files) = e.files.clone() else {
-                sb.dropped += data.len() as u64;
-                return;
-            };
-            let marked = sb.dropped;
-            let buf = if marked > 0 {
-                let marker = dropped_marker(marked);
-                let mut buf = BytesMut::with_capacity(marker.len() + data.len());
-                buf.extend_from_slice(marker.as_bytes());
-                buf.extend_from_slice(&data);
-                buf.freeze()
-            } else {
-                data.clone()
-            };
-            if buf.is_empty() {
-                return;
+            if let Some(e) = st.jobs.get_mut(job_id) {
+                e.streams[s].dropped += data.len() as u64;
             }
-            let len = buf.len() as u64;
-            if !force && *unacked + len > self.max_bytes {
-                sb.dropped += data.len() as u64;
-                return;
-            }
-            *unacked += len;
-            (files, sb.end, buf, marked)
-        };
-        let len = buf.len() as u64;
-        let written =
-            tokio::task::spawn_blocking(move || files.write_at(s, offset, &buf).map(|()| buf))
-                .await;
+            warn!(job = job_id, error = %why, bytes = data.len(), "cannot write to the spool; output dropped");
+            return;
+        }
         let mut st = self.lock();
-        let State { jobs, unacked } = &mut *st;
+        let State {
+            jobs,
+            unacked,
+            held,
+            ..
+        } = &mut *st;
         let Some(e) = jobs.get_mut(job_id) else {
-            *unacked = (*unacked).saturating_sub(len);
             return;
         };
         let sb = &mut e.streams[s];
-        match written {
-            Ok(Ok(buf)) => {
-                sb.dropped = sb.dropped.saturating_sub(marked);
-                sb.wrote(&buf, ts);
-                sb.keep_recent(offset, buf);
-                drop(st);
-                self.ready.notify_one();
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => String::new(),
-                };
-                *unacked = (*unacked).saturating_sub(len);
-                sb.dropped += data.len() as u64;
-                warn!(job = job_id, error = %why, bytes = data.len(), "cannot write to the spool; output dropped");
-            }
+        if e.files.is_none() {
+            sb.dropped += data.len() as u64;
+            return;
         }
+        let marked = sb.dropped;
+        let buf = if marked > 0 {
+            let marker = dropped_marker(marked);
+            let mut buf = BytesMut::with_capacity(marker.len() + data.len());
+            buf.extend_from_slice(marker.as_bytes());
+            buf.extend_from_slice(&data);
+            buf.freeze()
+        } else {
+            data.clone()
+        };
+        if buf.is_empty() {
+            return;
+        }
+        let len = buf.len() as u64;
+        if !force && *unacked + len > self.max_bytes {
+            sb.dropped += data.len() as u64;
+            return;
+        }
+        *unacked += len;
+        *held += buf.len();
+        sb.dropped -= marked;
+        sb.hold(buf, ts);
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Writes stream `s`'s oldest held chunks to the spool until `incoming`
+    /// more bytes fit within the memory limits, and forgets them.
+    async fn make_room(&self, job_id: &str, s: usize, incoming: usize) -> io::Result<()> {
+        let (files, due) = loop {
+            let acked = self.acked.notified();
+            tokio::pin!(acked);
+            acked.as_mut().enable();
+            let until = {
+                let st = self.lock();
+                let Some(e) = st.jobs.get(job_id) else {
+                    return Ok(());
+                };
+                let sb = &e.streams[s];
+                let over_total = (st.held + incoming).saturating_sub(HELD_TOTAL_MAX);
+                let keep = HELD_MAX
+                    .saturating_sub(incoming)
+                    .min(sb.held_bytes().saturating_sub(over_total));
+                if sb.held_bytes() <= keep {
+                    return Ok(());
+                }
+                let Some(files) = e.files.clone() else {
+                    return Ok(());
+                };
+                // Acknowledgements are coming while a session is up and
+                // the last one is recent: wait for the next to make room
+                // (holding the job back) rather than write to the disk.
+                match st.last_ack.map(|at| at + ACK_STALL) {
+                    Some(until) if Instant::now() < until => until,
+                    _ => break (files, sb.spill_due(keep)),
+                }
+            };
+            let _ = tokio::time::timeout_at(until, acked).await;
+        };
+        let Some(range) = span(&due) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            for (offset, data) in &due {
+                files.write_at(s, *offset, data)?;
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let mut st = self.lock();
+        let State { jobs, held, .. } = &mut *st;
+        if let Some(e) = jobs.get_mut(job_id) {
+            let forgotten = e.streams[s].saved(range.0, range.1, true);
+            *held = (*held).saturating_sub(forgotten);
+        }
+        Ok(())
     }
 
     /// Records the attempt's result: writes the pending dropped-bytes
@@ -106,16 +160,19 @@ impl Outbox {
                 self.write(job_id, s, Bytes::new(), now_ms(), true).await;
             }
         }
-        let Some((files, base, totals, acked, lost)) = self.lock().jobs.get(job_id).map(|e| {
-            let st = &e.streams;
-            (
-                e.files.clone(),
-                [st[0].base, st[1].base],
-                [st[0].totals(), st[1].totals()],
-                [st[0].acked, st[1].acked],
-                [st[0].dropped, st[1].dropped],
-            )
-        }) else {
+        let Some((files, base, totals, acked, lost, unsaved)) =
+            self.lock().jobs.get(job_id).map(|e| {
+                let st = &e.streams;
+                (
+                    e.files.clone(),
+                    [st[0].base, st[1].base],
+                    [st[0].totals(), st[1].totals()],
+                    [st[0].acked, st[1].acked],
+                    [st[0].dropped, st[1].dropped],
+                    [st[0].unsaved(), st[1].unsaved()],
+                )
+            })
+        else {
             return;
         };
         for (stream, n) in LogStream::BOTH.iter().zip(lost) {
@@ -141,10 +198,17 @@ impl Outbox {
         };
         let result = wire_result(job_id, result.attempt, base, &record);
         if let Some(files) = files {
-            // Only the streams with bytes the orchestrator has not
-            // acknowledged need to reach the disk before the result.
+            // The bytes the orchestrator has not acknowledged go to the
+            // spool (what memory alone held) and reach the disk, then the
+            // result; the other streams need nothing.
             let unacked = [totals[0].bytes > acked[0], totals[1].bytes > acked[1]];
+            let spans = [span(&unsaved[0]), span(&unsaved[1])];
             let durable = tokio::task::spawn_blocking(move || {
+                for (s, chunks) in unsaved.iter().enumerate() {
+                    for (offset, data) in chunks {
+                        files.write_at(s, *offset, data)?;
+                    }
+                }
                 files.make_result_durable(unacked, |m| {
                     m.acked = acked;
                     m.result = Some(record);
@@ -158,6 +222,12 @@ impl Outbox {
             };
             if let Some(e) = failed {
                 error!(job = job_id, error = %e, "cannot make the result durable; sending it anyway");
+            } else if let Some(e) = self.lock().jobs.get_mut(job_id) {
+                for (sb, span) in e.streams.iter_mut().zip(spans) {
+                    if let Some((from, to)) = span {
+                        sb.saved(from, to, false);
+                    }
+                }
             }
         }
         if let Some(e) = self.lock().jobs.get_mut(job_id) {
@@ -165,4 +235,17 @@ impl Outbox {
         }
         self.ready.notify_one();
     }
+}
+
+/// A stream over its memory limit waits for an acknowledgement to make
+/// room while the last one came less than this long ago; past it (a
+/// session down, or an orchestrator that stopped acknowledging), it writes
+/// to the spool at once.
+const ACK_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The stream range that contiguous chunks cover.
+fn span(chunks: &[(u64, Bytes)]) -> Option<(u64, u64)> {
+    let (first, _) = chunks.first()?;
+    let (last, data) = chunks.last()?;
+    Some((*first, last + data.len() as u64))
 }
