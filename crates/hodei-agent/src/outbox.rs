@@ -7,7 +7,8 @@
 //! Output is held in memory and sent from there until the orchestrator
 //! acknowledges it (16 MiB per stream, 64 MiB in all). A stream at its
 //! limit waits for an acknowledgement to make room, holding the job back,
-//! while a session is up and acknowledged something in the last second;
+//! while a session is up and acknowledged some of the attempt's output in
+//! the last second;
 //! otherwise (no session, or a stalled one) its oldest bytes go to the
 //! on-disk [spool](crate::spool). When an attempt ends, everything not
 //! acknowledged yet goes to the spool before its result is recorded. So
@@ -41,6 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use hwp_proto::pb;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::recover::{KillResult, SpoolLock, open_spool, process_record};
@@ -69,6 +71,10 @@ struct Entry {
     files: Option<Arc<AttemptFiles>>,
     /// Serializes writes to the attempt's spool files.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// When the attempt's output was last acknowledged (or its session
+    /// started): a stream at its memory limit waits for acknowledgements
+    /// only while they keep coming.
+    last_ack: Instant,
 }
 
 impl Entry {
@@ -83,6 +89,7 @@ impl Entry {
             cancel,
             files: None,
             writer: Arc::default(),
+            last_ack: Instant::now(),
         }
     }
 
@@ -101,8 +108,8 @@ struct State {
     unacked: u64,
     /// Unacknowledged bytes held in memory, all jobs.
     held: usize,
-    /// While a session is up: when it started or last acknowledged output.
-    last_ack: Option<tokio::time::Instant>,
+    /// Whether a session is up (acknowledgements can come).
+    attached: bool,
 }
 
 /// The most unacknowledged output the agent holds in memory, all jobs
@@ -319,9 +326,6 @@ impl Outbox {
     pub async fn ack_logs(&self, ack: &pb::LogAck) {
         let (files, punches) = {
             let mut st = self.lock();
-            if st.last_ack.is_some() {
-                st.last_ack = Some(tokio::time::Instant::now());
-            }
             let State {
                 jobs,
                 unacked,
@@ -344,6 +348,9 @@ impl Outbox {
                     let (freed, forgotten) = sb.ack(offset);
                     *unacked = (*unacked).saturating_sub(freed);
                     *held = (*held).saturating_sub(forgotten);
+                    if freed > 0 {
+                        e.last_ack = Instant::now();
+                    }
                 } else if offset >= sb.held_from() {
                     // Still in memory or the spool: take the acknowledgement back.
                     *unacked += sb.acked - offset;
@@ -428,15 +435,17 @@ impl Outbox {
     /// The session ended: output that does not fit in memory goes to the
     /// spool at once (no acknowledgement will make room).
     pub fn detach(&self) {
-        self.lock().last_ack = None;
+        self.lock().attached = false;
         self.acked.notify_waiters();
     }
 
     /// A new session starts: everything unacknowledged is due again.
     pub fn rewind(&self) {
         let mut st = self.lock();
-        st.last_ack = Some(tokio::time::Instant::now());
+        st.attached = true;
+        let now = Instant::now();
         for e in st.jobs.values_mut() {
+            e.last_ack = now;
             e.started_sent = false;
             e.result_sent = false;
             for sb in &mut e.streams {

@@ -360,6 +360,48 @@ async fn over_its_memory_limit_a_stream_waits_for_acks_while_they_come_and_spill
     assert!(sent.stream("job-w", LogStream::Stdout, 1 << 20) == expected[1 << 20..]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledgements_of_other_jobs_do_not_hold_a_stream_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = std::sync::Arc::new(open(dir.path(), 1 << 30).await);
+    add(&outbox, "busy", 1).await;
+    add(&outbox, "stuck", 1).await;
+    outbox.rewind();
+    for _ in 0..16 {
+        outbox
+            .push("stuck", chunk(LogStream::Stdout, vec![b's'; 1 << 20]))
+            .await;
+    }
+    // Another job's output is acknowledged every 20 ms throughout.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let o = outbox.clone();
+    let acker = tokio::spawn(async move {
+        let mut end = 0;
+        while !*stopped.borrow() {
+            o.push("busy", chunk(LogStream::Stdout, "line\n")).await;
+            end += 5;
+            o.ack_logs(&ack("busy", 1, end, 0, false)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(20), stopped.changed()).await;
+        }
+    });
+    // "stuck" is never acknowledged: past a second, its push writes.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        outbox.push("stuck", chunk(LogStream::Stdout, vec![b't'; 1 << 20])),
+    )
+    .await
+    .expect("not held back by acks of another job");
+    assert!(
+        !acker.is_finished(),
+        "the other job was acknowledged meanwhile"
+    );
+    let _ = stop.send(true);
+    acker.await.expect("acker");
+    let stdout = entry_dir(dir.path(), "stuck", 1).join("stdout");
+    assert_eq!(std::fs::metadata(stdout).unwrap().len(), 1 << 20);
+}
+
 #[tokio::test]
 async fn checksums_match_an_independent_crc_of_each_stream() {
     let dir = tempfile::tempdir().expect("tempdir");

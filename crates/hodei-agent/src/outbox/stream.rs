@@ -8,7 +8,8 @@
 //!
 //! - holding it would pass the stream's memory limit ([`HELD_MAX`]) or the
 //!   agent's ([`super::HELD_TOTAL_MAX`]), and no acknowledgement is coming
-//!   to make room (no session, or none acknowledged for a second; otherwise
+//!   to make room (no session, or none of the attempt's output
+//!   acknowledged for a second; otherwise
 //!   the writer waits for one): the oldest chunks are written first
 //!   ([`StreamState::spill_due`]), then forgotten;
 //! - the attempt ended: what the orchestrator has not acknowledged is

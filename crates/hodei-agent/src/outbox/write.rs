@@ -32,15 +32,7 @@ impl Outbox {
     /// take it. Holding it in memory may first write the stream's oldest
     /// held chunks to the spool; when that fails, `data` is dropped.
     async fn write(&self, job_id: &str, s: usize, data: Bytes, ts: i64, force: bool) {
-        let incoming = data.len()
-            + self.lock().jobs.get(job_id).map_or(0, |e| {
-                if e.streams[s].dropped > 0 {
-                    dropped_marker(e.streams[s].dropped).len()
-                } else {
-                    0
-                }
-            });
-        if let Err(why) = self.make_room(job_id, s, incoming).await {
+        if let Err(why) = self.make_room(job_id, s, data.len()).await {
             let mut st = self.lock();
             if let Some(e) = st.jobs.get_mut(job_id) {
                 e.streams[s].dropped += data.len() as u64;
@@ -89,9 +81,11 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Writes stream `s`'s oldest held chunks to the spool until `incoming`
-    /// more bytes fit within the memory limits, and forgets them.
-    async fn make_room(&self, job_id: &str, s: usize, incoming: usize) -> io::Result<()> {
+    /// Makes room in memory for `len` more bytes of stream `s` (and the
+    /// dropped-bytes marker due before them): waits for acknowledgements
+    /// while they come, or else writes the stream's oldest held chunks to
+    /// the spool and forgets them.
+    async fn make_room(&self, job_id: &str, s: usize, len: usize) -> io::Result<()> {
         let (files, due) = loop {
             let acked = self.acked.notified();
             tokio::pin!(acked);
@@ -102,6 +96,12 @@ impl Outbox {
                     return Ok(());
                 };
                 let sb = &e.streams[s];
+                let marker = if sb.dropped > 0 {
+                    dropped_marker(sb.dropped).len()
+                } else {
+                    0
+                };
+                let incoming = len + marker;
                 let over_total = (st.held + incoming).saturating_sub(HELD_TOTAL_MAX);
                 let keep = HELD_MAX
                     .saturating_sub(incoming)
@@ -112,13 +112,15 @@ impl Outbox {
                 let Some(files) = e.files.clone() else {
                     return Ok(());
                 };
-                // Acknowledgements are coming while a session is up and
-                // the last one is recent: wait for the next to make room
-                // (holding the job back) rather than write to the disk.
-                match st.last_ack.map(|at| at + ACK_STALL) {
-                    Some(until) if Instant::now() < until => until,
-                    _ => break (files, sb.spill_due(keep)),
+                // While a session is up and this attempt's output was
+                // acknowledged recently, acknowledgements are coming: wait
+                // for the next to make room (holding the job back) rather
+                // than write to the disk.
+                let until = e.last_ack + ACK_STALL;
+                if !st.attached || Instant::now() >= until {
+                    break (files, sb.spill_due(keep));
                 }
+                until
             };
             let _ = tokio::time::timeout_at(until, acked).await;
         };
@@ -238,9 +240,9 @@ impl Outbox {
 }
 
 /// A stream over its memory limit waits for an acknowledgement to make
-/// room while the last one came less than this long ago; past it (a
-/// session down, or an orchestrator that stopped acknowledging), it writes
-/// to the spool at once.
+/// room while its attempt's last one came less than this long ago; past it
+/// (an orchestrator that stopped acknowledging this attempt), or with no
+/// session, it writes to the spool at once.
 const ACK_STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The stream range that contiguous chunks cover.
