@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod reactor;
 pub mod recovery;
 pub mod secrets;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -20,8 +20,9 @@ use crate::grpc::HwpService;
 use crate::grpc_metrics::GrpcMetricsLayer;
 use crate::http::{self, AppState};
 use crate::reactor::{self, Hub};
+use crate::serve::no_peer;
 use crate::store::{Store, StoreError};
-use crate::tls::{RequirePeerIdentity, TlsListener, WithPeer};
+use crate::tls::{RequirePeerIdentity, TlsListener, tls_peer};
 
 /// Agents told of a shutdown redial within this window, spread at random.
 const AGENT_RECONNECT_SPREAD_MS: u64 = 5_000;
@@ -320,32 +321,26 @@ impl Server {
         };
         // Both ways give handlers `ConnectInfo<SocketAddr>`; over TLS also
         // the client's verified `PeerIdentity`.
-        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-            Some(config) => Box::pin(
-                axum::serve(TlsListener::new(listener, config)?, WithPeer::new(app))
-                    .with_graceful_shutdown(graceful)
-                    .into_future(),
-            ),
+        let serve: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+            Some(config) => Box::pin(crate::serve::serve(
+                TlsListener::new(listener, config)?,
+                app,
+                tls_peer,
+                graceful,
+            )),
             None => {
                 let listener = listener.tap_io(|tcp| {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
-                Box::pin(
-                    axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(graceful)
-                    .into_future(),
-                )
+                Box::pin(crate::serve::serve(listener, app, no_peer, graceful))
             }
         };
         let mut deadline = stop_rx;
         let _upkeep = AbortOnDrop(upkeep);
         tokio::select! {
-            served = serve => served?,
+            () = serve => {}
             // Long-lived streams (agent sessions, log followers) do not end
             // by themselves: give them a moment, then stop.
             _ = async {

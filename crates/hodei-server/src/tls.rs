@@ -32,7 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 pub use identity::{PeerIdentity, sha256_hex};
-pub use listener::{PeerService, TlsConnection, TlsListener, WithPeer};
+pub use listener::{PeerService, TlsConnection, TlsListener, tls_peer};
 pub use require::RequirePeerIdentity;
 
 /// When client certificates are required (see the module documentation).

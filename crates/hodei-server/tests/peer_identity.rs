@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
 use hodei_server::tls::{
     ClientAuth, ClientCertSettings, PeerIdentity, RequirePeerIdentity, TlsListener, TlsSettings,
-    WithPeer, server_config,
+    server_config, tls_peer,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -106,7 +106,12 @@ async fn start(pki: &Pki, mode: ClientAuth) -> String {
         .expect("bind");
     let addr = tcp.local_addr().expect("addr");
     let listener = TlsListener::new(tcp, config).expect("listener");
-    tokio::spawn(async move { axum::serve(listener, WithPeer::new(app)).await });
+    tokio::spawn(hodei_server::serve::serve(
+        listener,
+        app,
+        tls_peer,
+        std::future::pending(),
+    ));
     format!("https://{addr}")
 }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -214,36 +214,9 @@ async fn handshake(
     Some(TlsConnection { stream, peer })
 }
 
-/// The make-service for `axum::serve` over a [`TlsListener`]: serves `app`
-/// on each connection with that connection's [`PeerIdentity`] (when there
-/// is one) and `ConnectInfo<SocketAddr>` inserted into every request.
-#[derive(Clone)]
-pub struct WithPeer {
-    app: axum::Router,
-}
-
-impl WithPeer {
-    pub fn new(app: axum::Router) -> WithPeer {
-        WithPeer { app }
-    }
-}
-
-impl<'a> tower::Service<IncomingStream<'a, TlsListener>> for WithPeer {
-    type Response = PeerService;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<PeerService, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, incoming: IncomingStream<'a, TlsListener>) -> Self::Future {
-        std::future::ready(Ok(PeerService {
-            app: self.app.clone(),
-            peer: incoming.io().peer.clone(),
-            remote: *incoming.remote_addr(),
-        }))
-    }
+/// The verified client of a TLS connection, for [`crate::serve::serve`].
+pub fn tls_peer(io: &TlsConnection) -> Option<PeerIdentity> {
+    io.peer.clone()
 }
 
 /// One connection's service: the app, with the connection's facts added to
@@ -253,6 +226,13 @@ pub struct PeerService {
     app: axum::Router,
     peer: Option<PeerIdentity>,
     remote: SocketAddr,
+}
+
+impl PeerService {
+    /// `app` for one connection from `remote`, verified as `peer` (if any).
+    pub fn new(app: axum::Router, peer: Option<PeerIdentity>, remote: SocketAddr) -> PeerService {
+        PeerService { app, peer, remote }
+    }
 }
 
 impl tower::Service<axum::extract::Request> for PeerService {
