@@ -1,5 +1,5 @@
-//! Accepting TLS connections for `axum::serve`, and giving each request its
-//! connection's [`PeerIdentity`].
+//! Accepting TLS connections for the accept loop ([`crate::serve`]), and
+//! giving each request its connection's [`PeerIdentity`].
 
 use std::convert::Infallible;
 use std::io;
@@ -79,7 +79,7 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// An `axum::serve` listener that hands out connections only once their TLS
+/// A listener (`axum::serve::Listener`) that hands out connections only once their TLS
 /// handshake has succeeded. Handshakes run in their own tasks (so one slow
 /// client delays no one) with a deadline; a failed one is logged and the
 /// accept loop goes on.
