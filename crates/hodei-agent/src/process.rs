@@ -454,6 +454,8 @@ async fn pump<R: AsyncRead + AsFd + Unpin>(
     let mut buf = BytesMut::new();
     let mut forwarding = true;
     let mut chunk = READ_CHUNK;
+    // Growing is tried once: a refusal (the user's pipe-buffer limit) stands.
+    let mut may_grow = true;
     loop {
         buf.reserve(chunk);
         let read = {
@@ -467,7 +469,8 @@ async fn pump<R: AsyncRead + AsFd + Unpin>(
         match read {
             Ok(0) => break,
             Ok(n) => {
-                if n == chunk && chunk < PIPE_GROWN {
+                if n == chunk && may_grow {
+                    may_grow = false;
                     chunk = grow_pipe(&pipe).unwrap_or(chunk).max(chunk);
                 }
                 let out = OutputChunk {
