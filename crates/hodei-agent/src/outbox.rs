@@ -112,11 +112,6 @@ struct State {
     attached: bool,
 }
 
-/// The most unacknowledged output the agent holds in memory, all jobs
-/// together; past it, a stream that grows writes its oldest chunks to the
-/// spool (see `stream.rs`).
-pub(super) const HELD_TOTAL_MAX: usize = 64 * 1024 * 1024;
-
 /// What the spool held when the agent started; see [`crate::recover`].
 #[derive(Debug, Default)]
 pub struct RecoverySummary {

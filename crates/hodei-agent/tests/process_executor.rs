@@ -218,8 +218,14 @@ async fn fifty_megabytes_arrive_byte_exact() {
     if let Some(at) = c.stdout.iter().zip(&expected).position(|(a, b)| a != b) {
         panic!("first difference at byte {at}");
     }
-    // One read is one chunk: 64 KiB at most, 1 MiB once the pipe was grown.
+    // One read is one chunk: 64 KiB at most, 1 MiB once the pipe was grown
+    // (its first full read grows it; `cat` writes 128 KiB at a time).
     assert!(c.chunks.iter().all(|ch| ch.data.len() <= 1024 * 1024));
+    assert!(
+        c.chunks.iter().any(|ch| ch.data.len() > 64 * 1024),
+        "the pipe grew: {} chunks",
+        c.chunks.len()
+    );
 }
 
 #[tokio::test]

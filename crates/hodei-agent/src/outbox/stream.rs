@@ -7,7 +7,7 @@
 //! sent from there. It is written to the spool only when it has to be:
 //!
 //! - holding it would pass the stream's memory limit ([`HELD_MAX`]) or the
-//!   agent's ([`super::HELD_TOTAL_MAX`]), and no acknowledgement is coming
+//!   agent's ([`HELD_TOTAL_MAX`]), and no acknowledgement is coming
 //!   to make room (no session, or none of the attempt's output
 //!   acknowledged for a second; otherwise
 //!   the writer waits for one): the oldest chunks are written first
@@ -39,6 +39,9 @@ const STAMP_EVERY_MS: i64 = 100;
 const MAX_STAMPS: usize = 100_000;
 /// The most unacknowledged output one stream holds in memory.
 pub(super) const HELD_MAX: usize = 16 * 1024 * 1024;
+/// The most unacknowledged output the agent holds in memory, all jobs
+/// together; past it, a stream that grows makes room in its own memory.
+pub(super) const HELD_TOTAL_MAX: usize = 64 * 1024 * 1024;
 
 /// The line written into a stream after `n` of its bytes were dropped.
 pub fn dropped_marker(n: u64) -> String {
@@ -161,6 +164,29 @@ impl StreamState {
     /// Bytes held in memory.
     pub(super) fn held_bytes(&self) -> usize {
         self.held_bytes
+    }
+
+    /// The length of the dropped-bytes marker due before this stream's
+    /// next bytes (0 when none is due).
+    pub(super) fn marker_len(&self) -> usize {
+        if self.dropped > 0 {
+            dropped_marker(self.dropped).len()
+        } else {
+            0
+        }
+    }
+
+    /// Whether `len` more bytes (and the marker due before them) fit in
+    /// memory, the agent holding `held_total` bytes in all: `None` if they
+    /// do, else how many of this stream's held bytes may stay (its oldest
+    /// must make room, see [`StreamState::spill_due`]).
+    pub(super) fn room_for(&self, len: usize, held_total: usize) -> Option<usize> {
+        let incoming = len + self.marker_len();
+        let over_total = (held_total + incoming).saturating_sub(HELD_TOTAL_MAX);
+        let keep = HELD_MAX
+            .saturating_sub(incoming)
+            .min(self.held_bytes.saturating_sub(over_total));
+        (self.held_bytes > keep).then_some(keep)
     }
 
     /// The oldest held chunks not in the spool yet whose writing leaves at
@@ -345,6 +371,31 @@ mod tests {
         assert!(sb.unsaved().is_empty());
         assert!(sb.spill_due(0).is_empty(), "all of it is on disk");
         assert_eq!(sb.sendable(8, 100).1.as_deref(), Some(&b"cccc"[..]));
+    }
+
+    #[test]
+    fn room_is_made_within_the_stream_and_the_agent_limits() {
+        let mut sb = StreamState::new(0);
+        sb.hold(Bytes::from(vec![0; HELD_MAX - 10]), 0);
+        assert_eq!(sb.room_for(10, HELD_MAX - 10), None, "fits exactly");
+        assert_eq!(sb.room_for(11, HELD_MAX - 10), Some(HELD_MAX - 11));
+        // Over the agent's limit, the growing stream gives up what passes it.
+        let others = HELD_TOTAL_MAX - HELD_MAX;
+        assert_eq!(sb.room_for(10, others + HELD_MAX - 10), None);
+        assert_eq!(
+            sb.room_for(10, others + HELD_MAX - 10 + 100),
+            Some(HELD_MAX - 10 - 100)
+        );
+        // The due marker needs room too.
+        sb.dropped = 5;
+        let marker = dropped_marker(5).len();
+        assert_eq!(sb.marker_len(), marker);
+        assert_eq!(sb.room_for(10, HELD_MAX - 10), Some(HELD_MAX - 10 - marker));
+        // A stream holding nothing never has to make room.
+        assert_eq!(
+            StreamState::new(0).room_for(HELD_MAX * 2, HELD_TOTAL_MAX * 2),
+            None
+        );
     }
 
     #[test]

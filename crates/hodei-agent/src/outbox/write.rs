@@ -3,20 +3,19 @@
 
 use std::io;
 
-use tokio::time::Instant;
-
 use bytes::{Bytes, BytesMut};
 use hodei_core::LogStream;
 use hwp_proto::pb;
+use tokio::time::Instant;
 use tracing::{error, warn};
 
-use super::stream::HELD_MAX;
-use super::{HELD_TOTAL_MAX, Outbox, State, dropped_marker, wire_result};
+use super::{Outbox, State, dropped_marker, wire_result};
 use crate::executor::{OutputChunk, now_ms};
-use crate::spool::ResultRecord;
+use crate::spool::{AttemptFiles, ResultRecord};
 
 impl Outbox {
-    /// Appends output to the spool (or drops it if the spool is full).
+    /// Accepts output into memory (or drops it if the spool's bound on
+    /// unacknowledged bytes is reached); see `write` below.
     pub async fn push(&self, job_id: &str, chunk: OutputChunk) {
         let Some(writer) = self.lock().jobs.get(job_id).map(|e| e.writer.clone()) else {
             return;
@@ -28,9 +27,10 @@ impl Outbox {
     }
 
     /// Accepts `data` into stream `s`, after the dropped-bytes marker if
-    /// one is due. Unless `force`, drops it all when the spool could not
-    /// take it. Holding it in memory may first write the stream's oldest
-    /// held chunks to the spool; when that fails, `data` is dropped.
+    /// one is due. Unless `force`, drops it all when it would pass the
+    /// bound on unacknowledged bytes (`max_bytes`). Making room in memory
+    /// first may wait for acknowledgements or write the stream's oldest
+    /// held chunks to the spool; when that write fails, `data` is dropped.
     async fn write(&self, job_id: &str, s: usize, data: Bytes, ts: i64, force: bool) {
         if let Err(why) = self.make_room(job_id, s, data.len()).await {
             let mut st = self.lock();
@@ -96,20 +96,7 @@ impl Outbox {
                     return Ok(());
                 };
                 let sb = &e.streams[s];
-                let marker = if sb.dropped > 0 {
-                    dropped_marker(sb.dropped).len()
-                } else {
-                    0
-                };
-                let incoming = len + marker;
-                let over_total = (st.held + incoming).saturating_sub(HELD_TOTAL_MAX);
-                let keep = HELD_MAX
-                    .saturating_sub(incoming)
-                    .min(sb.held_bytes().saturating_sub(over_total));
-                if sb.held_bytes() <= keep {
-                    return Ok(());
-                }
-                let Some(files) = e.files.clone() else {
+                let (Some(keep), Some(files)) = (sb.room_for(len, st.held), e.files.clone()) else {
                     return Ok(());
                 };
                 // While a session is up and this attempt's output was
@@ -124,17 +111,12 @@ impl Outbox {
             };
             let _ = tokio::time::timeout_at(until, acked).await;
         };
-        let Some(range) = span(&due) else {
+        let written = tokio::task::spawn_blocking(move || write_chunks(&files, s, &due))
+            .await
+            .map_err(io::Error::other)??;
+        let Some(range) = written else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || {
-            for (offset, data) in &due {
-                files.write_at(s, *offset, data)?;
-            }
-            Ok::<_, io::Error>(())
-        })
-        .await
-        .map_err(io::Error::other)??;
         let mut st = self.lock();
         let State { jobs, held, .. } = &mut *st;
         if let Some(e) = jobs.get_mut(job_id) {
@@ -204,30 +186,31 @@ impl Outbox {
             // spool (what memory alone held) and reach the disk, then the
             // result; the other streams need nothing.
             let unacked = [totals[0].bytes > acked[0], totals[1].bytes > acked[1]];
-            let spans = [span(&unsaved[0]), span(&unsaved[1])];
             let durable = tokio::task::spawn_blocking(move || {
-                for (s, chunks) in unsaved.iter().enumerate() {
-                    for (offset, data) in chunks {
-                        files.write_at(s, *offset, data)?;
-                    }
-                }
+                let written = [
+                    write_chunks(&files, 0, &unsaved[0])?,
+                    write_chunks(&files, 1, &unsaved[1])?,
+                ];
                 files.make_result_durable(unacked, |m| {
                     m.acked = acked;
                     m.result = Some(record);
-                })
+                })?;
+                Ok::<_, io::Error>(written)
             })
-            .await;
-            let failed = match durable {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = failed {
-                error!(job = job_id, error = %e, "cannot make the result durable; sending it anyway");
-            } else if let Some(e) = self.lock().jobs.get_mut(job_id) {
-                for (sb, span) in e.streams.iter_mut().zip(spans) {
-                    if let Some((from, to)) = span {
-                        sb.saved(from, to, false);
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+            match durable {
+                Err(e) => {
+                    error!(job = job_id, error = %e, "cannot make the result durable; sending it anyway");
+                }
+                Ok(written) => {
+                    if let Some(e) = self.lock().jobs.get_mut(job_id) {
+                        for (sb, range) in e.streams.iter_mut().zip(written) {
+                            if let Some((from, to)) = range {
+                                sb.saved(from, to, false);
+                            }
+                        }
                     }
                 }
             }
@@ -245,9 +228,19 @@ impl Outbox {
 /// session, it writes to the spool at once.
 const ACK_STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The stream range that contiguous chunks cover.
-fn span(chunks: &[(u64, Bytes)]) -> Option<(u64, u64)> {
-    let (first, _) = chunks.first()?;
-    let (last, data) = chunks.last()?;
-    Some((*first, last + data.len() as u64))
+/// Writes held chunks (contiguous, in order) of stream `s` at their
+/// offsets; the stream range they cover, `None` when there were none.
+/// Blocking.
+fn write_chunks(
+    files: &AttemptFiles,
+    s: usize,
+    chunks: &[(u64, Bytes)],
+) -> io::Result<Option<(u64, u64)>> {
+    for (offset, data) in chunks {
+        files.write_at(s, *offset, data)?;
+    }
+    let (Some((from, _)), Some((last, data))) = (chunks.first(), chunks.last()) else {
+        return Ok(None);
+    };
+    Ok(Some((*from, last + data.len() as u64)))
 }
