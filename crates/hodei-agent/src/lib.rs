@@ -18,6 +18,7 @@ pub mod config;
 pub mod dir_pool;
 pub mod docker;
 pub mod executor;
+pub mod janitor;
 pub mod mask;
 pub mod outbox;
 pub mod process;

@@ -45,8 +45,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::janitor::Janitor;
 use crate::recover::{KillResult, SpoolLock, open_spool, process_record};
-use crate::spool::{AttemptFiles, Meta, Recycler};
+use crate::spool::{AttemptFiles, Meta, Recycled, Recycler};
 
 mod send;
 mod stream;
@@ -134,8 +135,29 @@ pub struct Outbox {
     spool: PathBuf,
     /// Acknowledged attempts' directories, emptied for the next attempts.
     recycler: Arc<Recycler>,
+    /// Retires acknowledged attempts' entries (and, for the runner, job
+    /// directories) in the background, in batches.
+    janitor: Arc<Janitor>,
     max_bytes: u64,
     _lock: SpoolLock,
+}
+
+/// What creating an attempt's spool entry takes: made by
+/// [`Outbox::spool_plan`], carried out on a blocking thread with
+/// [`SpoolPlan::create`] (together with other file-system work of the job's
+/// start, in one hand-off), and the result given to [`Outbox::install_spool`].
+#[derive(Debug)]
+pub struct SpoolPlan {
+    root: PathBuf,
+    meta: Meta,
+    recycled: Option<Recycled>,
+}
+
+impl SpoolPlan {
+    /// Creates the attempt's directory (blocking file-system work).
+    pub fn create(self) -> io::Result<AttemptFiles> {
+        AttemptFiles::create_from(&self.root, self.meta, self.recycled)
+    }
 }
 
 impl Outbox {
@@ -189,6 +211,7 @@ impl Outbox {
             acked: Notify::new(),
             spool: spool_dir,
             recycler: Arc::new(recycler),
+            janitor: Janitor::new(),
             max_bytes,
             _lock: lock,
         };
@@ -221,6 +244,17 @@ impl Outbox {
 
     /// Creates the attempt's directory in the spool.
     pub async fn create_spool(&self, job_id: &str) -> io::Result<()> {
+        let plan = self.spool_plan(job_id)?;
+        let files = tokio::task::spawn_blocking(move || plan.create())
+            .await
+            .map_err(io::Error::other)??;
+        self.install_spool(job_id, files);
+        Ok(())
+    }
+
+    /// What creating the attempt's spool entry takes (a recycled entry, if
+    /// the pool has one); see [`SpoolPlan`].
+    pub fn spool_plan(&self, job_id: &str) -> io::Result<SpoolPlan> {
         let meta = {
             let st = self.lock();
             let e = st
@@ -229,16 +263,29 @@ impl Outbox {
                 .ok_or_else(|| io::Error::other("unknown job"))?;
             Meta::new(job_id, e.attempt, [e.streams[0].base, e.streams[1].base])
         };
-        let root = self.spool.clone();
-        let recycled = self.recycler.take();
-        let files =
-            tokio::task::spawn_blocking(move || AttemptFiles::create_from(&root, meta, recycled))
-                .await
-                .map_err(io::Error::other)??;
+        Ok(SpoolPlan {
+            root: self.spool.clone(),
+            meta,
+            recycled: self.recycler.take(),
+        })
+    }
+
+    /// Gives the attempt the spool entry [`SpoolPlan::create`] made.
+    pub fn install_spool(&self, job_id: &str, files: AttemptFiles) {
         if let Some(e) = self.lock().jobs.get_mut(job_id) {
             e.files = Some(Arc::new(files));
         }
-        Ok(())
+    }
+
+    /// The background clean-up shared by the agent's jobs.
+    pub fn janitor(&self) -> &Arc<Janitor> {
+        &self.janitor
+    }
+
+    /// Waits until every deferred clean-up (retired spool entries, released
+    /// job directories) has been done.
+    pub async fn settle(&self) {
+        self.janitor.settle().await;
     }
 
     /// The job's process started: `Started` (with its pid) is due.
@@ -382,9 +429,10 @@ impl Outbox {
         .await;
     }
 
-    /// The result is recorded: forget the job and delete its spool entry.
-    /// Returns whether it was known (with a result).
-    pub async fn ack_result(&self, ack: &pb::ResultAck) -> bool {
+    /// The result is recorded: forget the job, and retire its spool entry
+    /// in the background (see [`Outbox::settle`]). Returns whether it was
+    /// known (with a result).
+    pub fn ack_result(&self, ack: &pb::ResultAck) -> bool {
         let removed = {
             let mut st = self.lock();
             let known = st
@@ -406,21 +454,25 @@ impl Outbox {
         let Some(entry) = removed else { return false };
         if let Some(files) = entry.files {
             let recycler = self.recycler.clone();
-            let removed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(files) {
-                Ok(files) => recycler.retire(files),
-                // Still being read for sending (its last bytes): not reused.
-                Err(files) => files.remove(),
-            })
-            .await;
-            if let Ok(Err(e)) = removed {
-                warn!(job = %ack.job_id, error = %e, "cannot delete the job's spool entry");
-            }
+            let job = ack.job_id.clone();
+            self.janitor.defer(move || {
+                let removed = match Arc::try_unwrap(files) {
+                    Ok(files) => recycler.retire(files),
+                    // Still being read for sending (its last bytes): not reused.
+                    Err(files) => files.remove(),
+                };
+                if let Err(e) = removed {
+                    warn!(job, error = %e, "cannot delete the job's spool entry");
+                }
+            });
         }
         true
     }
 
-    /// The agent is leaving: deletes the pool of emptied spool entries.
+    /// The agent is leaving: finishes deferred clean-up, then deletes the
+    /// pool of emptied spool entries.
     pub async fn close(&self) {
+        self.janitor.settle().await;
         let recycler = self.recycler.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || recycler.clear()).await {
             warn!(error = %e, "cannot delete the spool's recycled entries");

@@ -7,7 +7,7 @@
 //! the container's workspace); its `working_dir` is a directory inside the
 //! container. A process job's `working_dir` is a directory on this machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::executor::{ContainerSpec, ExecSpec, Executor, OnStart, OutputChunk, now_ms};
 use crate::mask::{IDLE_FLUSH, OutputFilter};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, SpoolPlan};
 use crate::workdir::WorkDirs;
 
 /// Starts jobs for the session.
@@ -62,11 +62,7 @@ impl Runner {
         } else {
             (PathBuf::from(&spec.working_dir), false)
         };
-        // Both are file-system round trips on blocking threads: at once.
-        let (spool, made) = tokio::join!(
-            self.outbox.create_spool(&job_id),
-            prepare(&self.work_dirs, &dir, ours)
-        );
+        let (spool, made) = self.prepare(&job_id, &dir, ours).await;
         let outcome = if let Err(e) = spool {
             // Without a spool there is nowhere to keep the output: do not run.
             let message = format!("hodei: cannot create the job's log spool: {e}");
@@ -112,15 +108,41 @@ impl Runner {
             .finish(&job_id, result(&job_id, a.attempt, &outcome))
             .await;
         if ours && !self.keep_work_dirs {
+            // Nothing waits for it: with other clean-up, in the background.
             let dirs = self.work_dirs.clone();
-            let released = tokio::task::spawn_blocking(move || {
-                let released = dirs.release(&dir);
-                (dir, released)
-            })
-            .await;
-            if let Ok((dir, Err(e))) = released {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+            self.outbox.janitor().defer(move || {
+                if let Err(e) = dirs.release(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+                }
+            });
+        }
+    }
+
+    /// Creates the attempt's spool entry and makes (or checks) its working
+    /// directory: file-system work, done in one hand-off to a blocking
+    /// thread.
+    async fn prepare(
+        &self,
+        job_id: &str,
+        dir: &Path,
+        ours: bool,
+    ) -> (std::io::Result<()>, Result<(), String>) {
+        let plan = self.outbox.spool_plan(job_id);
+        let (dirs, to) = (self.work_dirs.clone(), dir.to_path_buf());
+        let done = tokio::task::spawn_blocking(move || {
+            let files = plan.and_then(SpoolPlan::create);
+            (files, make_dir(&dirs, &to, ours))
+        })
+        .await;
+        match done {
+            Ok((files, made)) => {
+                let spool = files.map(|files| self.outbox.install_spool(job_id, files));
+                (spool, made)
             }
+            Err(e) => (
+                Err(std::io::Error::other(e.to_string())),
+                Err(format!("hodei: cannot prepare the job: {e}")),
+            ),
         }
     }
 
@@ -208,14 +230,13 @@ impl Runner {
     }
 }
 
-async fn prepare(dirs: &Arc<WorkDirs>, dir: &PathBuf, ours: bool) -> Result<(), String> {
+/// Makes the job's own directory, or checks that the directory it names is
+/// one (blocking).
+fn make_dir(dirs: &WorkDirs, dir: &Path, ours: bool) -> Result<(), String> {
     let made = if ours {
-        let (dirs, to) = (dirs.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || dirs.make(&to))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        dirs.make(dir)
     } else {
-        tokio::fs::metadata(dir).await.and_then(|m| {
+        std::fs::metadata(dir).and_then(|m| {
             if m.is_dir() {
                 Ok(())
             } else {

@@ -342,7 +342,7 @@ async fn handle(
         }
         S::LogAck(ack) => runner.outbox.ack_logs(&ack).await,
         S::ResultAck(ack) => {
-            runner.outbox.ack_result(&ack).await;
+            runner.outbox.ack_result(&ack);
         }
         S::Welcome(_) => {}
         S::Shutdown(s) => {

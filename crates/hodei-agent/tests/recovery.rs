@@ -218,7 +218,8 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
         job_id: "done".into(),
         attempt: 1,
     };
-    assert!(outbox.ack_result(&ack).await);
+    assert!(outbox.ack_result(&ack));
+    outbox.settle().await; // the entry is retired in the background
     assert!(!spool.join(attempt_dir_name("done", 1)).exists());
 }
 

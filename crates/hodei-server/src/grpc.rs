@@ -126,7 +126,8 @@ impl WorkerService for HwpService {
         let req = request.into_inner();
         let spec = convert::spec_from_request(&req)?;
         self.delivery.check_known(&spec.secrets).await?;
-        let id = if req.job_id.is_empty() {
+        let fresh = req.job_id.is_empty();
+        let id = if fresh {
             uuid::Uuid::now_v7().to_string()
         } else {
             req.job_id
@@ -143,6 +144,7 @@ impl WorkerService for HwpService {
                 id,
                 spec,
                 submitter,
+                fresh,
                 existing: None,
             })
             .await?;

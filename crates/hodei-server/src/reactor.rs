@@ -384,7 +384,10 @@ impl Reactor {
         });
         let ids: Vec<String> = inputs
             .filter_map(|input| match input {
-                Input::Submit { id, .. } | Input::Cancel { id, .. }
+                Input::Submit {
+                    id, fresh: false, ..
+                }
+                | Input::Cancel { id, .. }
                     if self.engine.needs_lookup(id) =>
                 {
                     Some(id.clone())

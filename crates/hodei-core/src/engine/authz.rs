@@ -148,6 +148,7 @@ mod tests {
             id: "j".into(),
             spec: JobSpec::command(["true"]),
             submitter: None,
+            fresh: false,
             existing: None,
         };
         run(&mut e, 1, vec![submit]);

@@ -59,6 +59,9 @@ pub enum Input {
         spec: JobSpec,
         /// The id of the submitting token, recorded on a new job (`None` when auth is off).
         submitter: Option<String>,
+        /// The orchestrator made `id` (a new UUIDv7) for this submission:
+        /// no stored job can have it, so the shell does not look it up.
+        fresh: bool,
         existing: Option<Box<Job>>,
     },
     /// Jobs this orchestrator takes into memory when several share one

@@ -183,6 +183,7 @@ impl Engine {
                 id,
                 spec,
                 submitter,
+                fresh: _,
                 existing,
             } => self.submit(req, id, spec, submitter, existing, now, out),
             Input::Cancel {

@@ -29,6 +29,7 @@ fn submit(req: RequestId, id: &str, spec: JobSpec) -> Input {
         id: id.into(),
         spec,
         submitter: None,
+        fresh: false,
         existing: None,
     }
 }
@@ -139,6 +140,7 @@ fn submit_is_idempotent_on_id_and_spec() {
             id: "old".into(),
             spec: JobSpec::command(["true"]),
             submitter: None,
+            fresh: false,
             existing: Some(Box::new(stored)),
         }],
     );
@@ -156,6 +158,7 @@ fn a_new_job_records_its_submitter_and_a_resubmission_keeps_it() {
         id: "j".into(),
         spec: JobSpec::command(["true"]),
         submitter: Some(who.into()),
+        fresh: false,
         existing: None,
     };
     let out = batch(&mut e, 0, vec![by(1, "t-alice")]);

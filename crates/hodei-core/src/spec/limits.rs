@@ -245,6 +245,7 @@ mod tests {
                 id: format!("j{req}"),
                 spec: JobSpec::command(argv),
                 submitter: None,
+                fresh: false,
                 existing: None,
             };
             engine.handle(input, 1_000, &mut out);

@@ -101,6 +101,7 @@ pub async fn submit_batch(
                     other => other.into(),
                 })?;
         }
+        let fresh = id.is_none();
         let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         ids.push(id.clone());
         inputs.push(Input::Submit {
@@ -108,6 +109,7 @@ pub async fn submit_batch(
             id,
             spec,
             submitter: submitter.clone(),
+            fresh,
             existing: None,
         });
     }

@@ -60,6 +60,7 @@ pub async fn submit(
         let secrets = super::secrets::secrets_of(secrets)?;
         secrets.check_known(&spec.secrets).await?;
     }
+    let fresh = id.is_none();
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     // The caller's token (when auth is on) is recorded on a new job, in the
     // commit that creates it.
@@ -71,6 +72,7 @@ pub async fn submit(
             id,
             spec,
             submitter,
+            fresh,
             existing: None,
         })
         .await?;
