@@ -17,6 +17,11 @@
 //!   directory (with its unsent log) is deleted. HWP has no "lost" outcome;
 //!   the orchestrator, not finding the attempt in `Hello`, declares it lost
 //!   or queues it again per its retry budget.
+//! - **An entry under another name** than its attempt's, or **in the pool
+//!   of emptied entries with a result**, is a recycled directory whose
+//!   rename into place the machine's loss undid (see "What is fsynced, and
+//!   when" in [`crate::spool`]): it is moved to its attempt's name first,
+//!   then treated as above. `meta.json` says which attempt it holds.
 //! - **A corrupt entry** (unreadable or invalid `meta.json`, log files
 //!   shorter than the recorded result) is logged and deleted; so is an
 //!   older attempt of a job that has a newer one in the spool.
@@ -42,7 +47,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use crate::spool::{AttemptFiles, LOCK_FILE, Meta, ProcessRecord, RECYCLED_DIR, read_meta};
+use crate::spool::{
+    AttemptFiles, LOCK_FILE, Meta, ProcessRecord, RECYCLED_DIR, attempt_dir_name,
+    read_meta_anywhere,
+};
 
 /// The spool directory, locked by this agent for as long as it is held.
 #[derive(Debug)]
@@ -134,14 +142,15 @@ fn recover(root: &Path) -> io::Result<Recovery> {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) || entry.file_name() == RECYCLED_DIR {
             continue; // the lock file, the pool of emptied entries
         }
-        match read_meta(&path) {
-            Ok(meta) => found.push((path, meta)),
+        match read_meta_anywhere(&path) {
+            Ok(meta) => found.extend(put_in_place(root, path, meta)),
             Err(why) => {
                 discard(&path, &why);
                 recovery.discarded += 1;
             }
         }
     }
+    found.extend(take_back_from_pool(root));
     // Newest attempt of each job first; older attempts are stale.
     found.sort_by(|a, b| (&a.1.job_id, b.1.attempt).cmp(&(&b.1.job_id, a.1.attempt)));
     let mut seen = HashSet::new();
@@ -173,6 +182,52 @@ fn recover(root: &Path) -> io::Result<Recovery> {
         }
     }
     Ok(recovery)
+}
+
+/// Entries of the pool of emptied directories whose `meta.json` holds a
+/// result: a recycled directory renamed into place without fsync, found at
+/// its slot in the pool after the machine's loss (see "What is fsynced, and
+/// when" in [`crate::spool`]). Each is moved back into the spool (the pool
+/// is deleted next) and returned; the rest of the pool is left as it is.
+fn take_back_from_pool(root: &Path) -> Vec<(PathBuf, Meta)> {
+    let Ok(entries) = fs::read_dir(root.join(RECYCLED_DIR)) else {
+        return Vec::new(); // no pool
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = read_meta_anywhere(&path) else {
+            continue;
+        };
+        if meta.result.is_none() {
+            continue;
+        }
+        info!(job = %meta.job_id, attempt = meta.attempt,
+            "found a finished attempt in the pool of emptied entries");
+        found.extend(put_in_place(root, path, meta));
+    }
+    found
+}
+
+/// Moves an entry found under another name than its attempt's (see
+/// [`take_back_from_pool`]) to that name. `None` (and the entry deleted)
+/// when that name is taken or the move fails.
+fn put_in_place(root: &Path, path: PathBuf, meta: Meta) -> Option<(PathBuf, Meta)> {
+    let to = root.join(attempt_dir_name(&meta.job_id, meta.attempt));
+    if to == path {
+        return Some((path, meta));
+    }
+    if to.exists() {
+        discard(&path, "another directory holds the same attempt");
+        return None;
+    }
+    match fs::rename(&path, &to) {
+        Ok(()) => Some((to, meta)),
+        Err(e) => {
+            discard(&path, &format!("cannot move it to its attempt's name: {e}"));
+            None
+        }
+    }
 }
 
 fn resume(path: &Path, meta: Meta) -> Result<Resumed, String> {

@@ -60,11 +60,22 @@
 //! fsynced, then `meta.json` with the result is written and fsynced, the
 //! attempt's directory is fsynced unless its files' entries are known to be
 //! on disk already (a recycled directory's are), and so is the spool
-//! directory (so the entry, its files and any rename are on disk). Only
-//! then is the result offered: a result found on disk implies its complete
-//! log. For a job whose output the orchestrator has all acknowledged (or
-//! that printed nothing) that is two fsyncs in a recycled directory, three
-//! in a new one.
+//! directory unless the attempt's directory is known to be on disk already
+//! (a recycled one is). Only then is the result offered: a result found on
+//! disk implies its complete log. For a job whose output the orchestrator
+//! has all acknowledged (or that printed nothing) that is one fsync in a
+//! recycled directory, three in a new one.
+//!
+//! A recycled directory is renamed into place without fsync, so after the
+//! machine's loss it may be found under any name it had since its parent
+//! was last fsynced: an earlier attempt's name in the spool, or its slot in
+//! `.recycled/`. Either way it holds its `meta.json`, which names the
+//! attempt; recovery reads the pool too and takes back every entry whose
+//! `meta.json` holds a result ([`crate::recover`]). A retired entry's result
+//! is cleared from its `meta.json` first ([`AttemptFiles::clear_result`]),
+//! so the pool holds no acknowledged result (unless the machine's loss
+//! undid that write: then it is offered again, and acknowledged again).
+//! This relies on renames being atomic, as on ext4, XFS and btrfs.
 //!
 //! The result is written in place when `meta.json` (compact JSON) fits in
 //! one 512-byte sector with its padding: a disk writes a sector whole or
@@ -193,6 +204,11 @@ struct MetaFile {
     /// The directory's own entries (its files) are known to be on disk:
     /// it was fsynced since they were created.
     entries_durable: bool,
+    /// The directory itself is known to be on disk under one of the names
+    /// recovery looks at (`<spool>/*`, `<spool>/.recycled/*`): its parent
+    /// was fsynced after it was created, and since then it was only renamed
+    /// between those two directories.
+    placed: bool,
 }
 
 impl AttemptFiles {
@@ -224,8 +240,8 @@ impl AttemptFiles {
             },
             None => None,
         };
-        let (streams, file, spare, entries_durable) = match reused {
-            Some(r) => (r.streams, r.meta, r.spare, r.entries_durable),
+        let (streams, file, spare, entries_durable, placed) = match reused {
+            Some(r) => (r.streams, r.meta, r.spare, r.entries_durable, r.placed),
             None => {
                 fs::create_dir(&dir)?;
                 let open = |name: &str| {
@@ -240,6 +256,7 @@ impl AttemptFiles {
                     None,
                     None,
                     false,
+                    false,
                 )
             }
         };
@@ -251,6 +268,7 @@ impl AttemptFiles {
                 file,
                 spare,
                 entries_durable,
+                placed,
             }),
         };
         // Not fsynced: see "What is fsynced, and when" above.
@@ -274,6 +292,7 @@ impl AttemptFiles {
                 file: None,
                 spare: None,
                 entries_durable: false,
+                placed: false,
             }),
         })
     }
@@ -378,10 +397,44 @@ impl AttemptFiles {
             }
         }
         self.update_meta(change)?;
-        match self.dir.parent() {
-            Some(root) => sync_dir(root),
-            None => Ok(()),
+        let mut current = self.lock_meta();
+        if !current.placed {
+            if let Some(root) = self.dir.parent() {
+                sync_dir(root)?;
+            }
+            current.placed = true;
         }
+        Ok(())
+    }
+
+    /// Rewrites `meta.json` without its result, in place and without fsync:
+    /// the entry is being retired (its result was acknowledged), so that a
+    /// restarted agent finding it in the pool does not offer the result
+    /// again. A write the machine's loss tears or undoes leaves an
+    /// unreadable entry (deleted) or the old result (offered again, which
+    /// the orchestrator acknowledges without recording it twice).
+    pub fn clear_result(&self) -> io::Result<()> {
+        let mut current = self.lock_meta();
+        if current.meta.result.is_none() {
+            return Ok(());
+        }
+        let mut next = current.meta.clone();
+        next.result = None;
+        let json = serde_json::to_vec(&next).map_err(io::Error::other)?;
+        let (file, known) = match current.file.take() {
+            Some(open) => open,
+            None => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(self.dir.join(META_FILE))?;
+                let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+                (file, len)
+            }
+        };
+        let len = write_padded(&file, &json, known)?;
+        current.meta = next;
+        current.file = Some((file, len));
+        Ok(())
     }
 
     /// Writes `data` at `offset` of stream `stream` (0 = stdout, 1 = stderr).
@@ -451,17 +504,32 @@ pub fn read_meta(dir: &Path) -> Result<Meta, String> {
 /// `dir_name`. What is on disk after a crash is untrusted: anything that is
 /// not a consistent record of that directory's attempt is an error.
 pub fn parse_meta(bytes: &[u8], dir_name: Option<&str>) -> Result<Meta, String> {
-    let meta: Meta =
-        serde_json::from_slice(bytes).map_err(|e| format!("corrupt {META_FILE}: {e}"))?;
-    if meta.version != META_VERSION {
-        return Err(format!("unknown {META_FILE} version {}", meta.version));
-    }
+    let meta = parse_meta_anywhere(bytes)?;
     let expected = attempt_dir_name(&meta.job_id, meta.attempt);
     if dir_name != Some(expected.as_str()) {
         return Err(format!(
             "{META_FILE} names job {:?} attempt {}, which is not this directory",
             meta.job_id, meta.attempt
         ));
+    }
+    Ok(meta)
+}
+
+/// Reads and checks `dir/meta.json` wherever the directory is: after the
+/// machine's loss a recycled directory may be found under an earlier name
+/// or in the pool (see "What is fsynced, and when").
+pub fn read_meta_anywhere(dir: &Path) -> Result<Meta, String> {
+    let bytes =
+        fs::read(dir.join(META_FILE)).map_err(|e| format!("cannot read {META_FILE}: {e}"))?;
+    parse_meta_anywhere(&bytes)
+}
+
+/// [`parse_meta`] without the check of the directory's name.
+pub fn parse_meta_anywhere(bytes: &[u8]) -> Result<Meta, String> {
+    let meta: Meta =
+        serde_json::from_slice(bytes).map_err(|e| format!("corrupt {META_FILE}: {e}"))?;
+    if meta.version != META_VERSION {
+        return Err(format!("unknown {META_FILE} version {}", meta.version));
     }
     for i in 0..2 {
         if meta.acked[i] < meta.base[i] {

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use hodei_agent::executor::OutputChunk;
 use hodei_agent::outbox::Outbox;
 use hodei_agent::recover::{KillResult, proc_stat};
-use hodei_agent::spool::{META_FILE, RECYCLED_DIR, attempt_dir_name, read_meta};
+use hodei_agent::spool::{
+    META_FILE, RECYCLED_DIR, attempt_dir_name, read_meta, read_meta_anywhere,
+};
 use hodei_core::LogStream;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body;
@@ -221,6 +223,87 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
     assert!(outbox.ack_result(&ack));
     outbox.settle().await; // the entry is retired in the background
     assert!(!spool.join(attempt_dir_name("done", 1)).exists());
+}
+
+/// A finished attempt whose directory came from the pool of emptied
+/// entries, found back in the pool after the machine's loss undid the
+/// rename into place, is offered again; a retired entry in the pool holds
+/// no result and is not.
+#[tokio::test]
+async fn a_finished_attempt_found_in_the_pool_is_offered_and_a_retired_one_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let pool = spool.join(RECYCLED_DIR);
+    let pooled = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&pool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let finish = |job: &'static str| pb::JobResult {
+        job_id: job.into(),
+        exit_code: 0,
+        attempt: 1,
+        outcome: pb::Outcome::Exited as i32,
+        ..Default::default()
+    };
+    let acked = |job: &'static str| pb::ResultAck {
+        job_id: job.into(),
+        attempt: 1,
+    };
+    {
+        let (outbox, _) = Outbox::open(spool.clone(), 1 << 30).await.expect("open");
+        add(&outbox, "a").await;
+        outbox.finish("a", finish("a")).await;
+        assert!(outbox.ack_result(&acked("a")));
+        outbox.settle().await;
+        let retired = pooled();
+        assert_eq!(retired.len(), 1, "a's entry is in the pool");
+        let meta = read_meta_anywhere(&retired[0]).expect("meta");
+        assert!(meta.result.is_none(), "a retired entry holds no result");
+
+        // b reuses a's directory and finishes.
+        add(&outbox, "b").await;
+        assert!(pooled().is_empty(), "b took the emptied entry");
+        outbox.push("b", chunk(LogStream::Stdout, "owed")).await;
+        outbox.finish("b", finish("b")).await;
+
+        // c finishes and is retired: its entry goes to the pool.
+        add(&outbox, "c").await;
+        outbox.finish("c", finish("c")).await;
+        assert!(outbox.ack_result(&acked("c")));
+        outbox.settle().await;
+        assert_eq!(pooled().len(), 1);
+    } // The agent dies...
+    // ...and the machine's loss undoes the rename of b's directory into
+    // place: it is back at a slot of the pool.
+    std::fs::rename(spool.join(attempt_dir_name("b", 1)), pool.join("77")).unwrap();
+
+    let (outbox, summary) = Outbox::open(spool.clone(), 1 << 30).await.expect("reopen");
+    assert_eq!(summary.resumed, vec![("b".to_string(), 1)]);
+    assert_eq!(summary.discarded, 0);
+    assert!(pooled().is_empty(), "the pool starts empty");
+    assert!(spool.join(attempt_dir_name("b", 1)).exists());
+    let mut bodies = Vec::new();
+    loop {
+        let batch = outbox.next_batch(1 << 20).await;
+        if batch.is_empty() {
+            break;
+        }
+        bodies.extend(batch);
+    }
+    let logs: Vec<(u64, Vec<u8>)> = bodies
+        .iter()
+        .filter_map(|b| match b {
+            Body::Log(l) => Some((l.offset, l.bytes.to_vec())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logs, vec![(0, b"owed".to_vec())], "b's unacknowledged log");
+    assert!(
+        matches!(bodies.last(), Some(Body::Result(r)) if r.job_id == "b"),
+        "b's result last: {bodies:?}"
+    );
 }
 
 #[test]

@@ -3,12 +3,12 @@
 //! created and deleted (see "Recycling" in [`crate::spool`]).
 //!
 //! An entry is recycled only after the orchestrator acknowledged its result:
-//! nothing in it is owed any more. Its stream files are truncated first,
-//! then the directory is renamed to `<spool>/.recycled/<n>`, with none of it
-//! fsynced: if the machine goes down before that reaches the disk, the old
-//! entry comes back at start, and its result is offered again (the
-//! orchestrator records a result once) or, with its log gone, it is
-//! discarded as corrupt.
+//! nothing in it is owed any more. Its result is cleared from `meta.json`
+//! and its stream files are truncated first, then the directory is renamed
+//! to `<spool>/.recycled/<n>`, with none of it fsynced: if the machine goes
+//! down before that reaches the disk, the old entry comes back at start, and
+//! its result is offered again (the orchestrator records a result once) or,
+//! with its log gone, it is discarded as corrupt.
 //!
 //! Every function here does blocking file I/O: call them from
 //! `spawn_blocking`.
@@ -36,6 +36,8 @@ pub struct Recycled {
     pub(super) spare: Option<(File, usize)>,
     /// Its files' entries are on disk (see `spool::MetaFile`).
     pub(super) entries_durable: bool,
+    /// It is on disk in the spool or the pool (see `spool::MetaFile`).
+    pub(super) placed: bool,
 }
 
 /// The pool of emptied attempt directories.
@@ -79,6 +81,7 @@ impl Recycler {
             meta: meta.file,
             spare: meta.spare,
             entries_durable: meta.entries_durable,
+            placed: meta.placed,
         });
         Ok(())
     }
@@ -86,6 +89,7 @@ impl Recycler {
     /// Truncates the stream files and moves the directory into the pool;
     /// returns its new path.
     fn empty(&self, files: &AttemptFiles) -> io::Result<PathBuf> {
+        files.clear_result()?;
         for f in &files.streams {
             if f.metadata()?.len() > 0 {
                 f.set_len(0)?;
