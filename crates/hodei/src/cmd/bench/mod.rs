@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Agents in the replicas scenario (each gets slots / agents slots).
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
+    /// Throughput: submit the jobs in batches of this many
+    /// (`POST /api/v1/jobs/batch`, 4 clients) instead of one request per
+    /// job from 16 clients.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: Option<u32>,
     /// A quick run with small sizes that checks every scenario works and
     /// its numbers are sane (every job done, rates above zero); no timing
     /// targets are checked. For CI.
@@ -86,6 +91,8 @@ pub struct Plan {
     pub database: Option<String>,
     pub agents: usize,
     pub smoke: bool,
+    /// Throughput: jobs per submission request (`None`: one per request).
+    pub batch: Option<usize>,
 }
 
 impl Plan {
@@ -109,6 +116,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         database: args.database.clone(),
         agents: args.agents,
         smoke: args.smoke,
+        batch: args.batch.map(|b| b as usize),
     };
     if let Some(raised) = rig::raise_nofile() {
         eprintln!("bench: raised the open-file limit to {raised}");

@@ -1,6 +1,7 @@
 //! N no-op jobs (`true`) on one agent with 2 × CPUs slots, from the first
 //! submit to the last result committed; baseline: the same N `true`
-//! processes spawned directly with the same parallelism.
+//! processes spawned directly with the same parallelism. Jobs are submitted
+//! one per request by 16 clients, or with `--batch B` in batches of B by 4.
 
 use std::time::{Duration, Instant};
 
@@ -13,20 +14,42 @@ use super::Plan;
 use super::report::Report;
 use super::rig::{Rig, job};
 
-/// Concurrent submitting clients.
+/// Concurrent submitting clients, one job per request.
 const SUBMITTERS: usize = 16;
+/// Concurrent submitting clients with `--batch`.
+const BATCH_SUBMITTERS: usize = 4;
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let n = plan.n(10_000, 200);
     let mut rig = Rig::start(plan.slots).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for k in 0..SUBMITTERS {
+    let submitters = if plan.batch.is_some() {
+        BATCH_SUBMITTERS
+    } else {
+        SUBMITTERS
+    };
+    for k in 0..submitters {
         let client = rig.client.clone();
-        let count = n / SUBMITTERS + usize::from(k < n % SUBMITTERS);
+        let count = n / submitters + usize::from(k < n % submitters);
+        let batch = plan.batch;
         tasks.push(tokio::spawn(async move {
-            for _ in 0..count {
-                client.submit(&job(&["true"])).await?;
+            match batch {
+                None => {
+                    for _ in 0..count {
+                        client.submit(&job(&["true"])).await?;
+                    }
+                }
+                Some(size) => {
+                    let mut left = count;
+                    while left > 0 {
+                        let take = left.min(size);
+                        client
+                            .submit_batch((0..take).map(|_| job(&["true"])).collect())
+                            .await?;
+                        left -= take;
+                    }
+                }
             }
             Ok::<_, hodei_client::ClientError>(())
         }));
@@ -58,6 +81,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut r = Report::new("throughput");
     r.set("jobs", n);
     r.set("slots", plan.slots);
+    r.set("jobs_per_request", plan.batch.unwrap_or(1));
     r.set("failed", failed);
     r.set("seconds", (elapsed.as_secs_f64() * 1000.0).round() / 1000.0);
     r.set("jobs_per_second", rate.round());
