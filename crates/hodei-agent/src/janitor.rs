@@ -1,4 +1,5 @@
-//! Clean-up that nothing waits for, done in batches on one blocking thread.
+//! File-system work that nothing waits for, done in batches on one blocking
+//! thread: clean-up, and recording a started job's process in the spool.
 //!
 //! When a job ends, its working directory is emptied into the recycling pool
 //! or deleted; when its result is acknowledged, its spool entry is retired.

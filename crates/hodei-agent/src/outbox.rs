@@ -304,13 +304,32 @@ impl Outbox {
         };
         let written = tokio::task::spawn_blocking(move || match process_record(pid) {
             // Not fsynced: it only has to outlive the agent process.
-            Some(rec) => files.update_meta_cached(|m| m.process = Some(rec)),
+            Some(rec) => files.record_process(rec),
             None => Ok(()), // Already gone: nothing to kill later.
         })
         .await;
         if let Ok(Err(e)) = written {
             warn!(job = job_id, error = %e, "cannot record the job's process in the spool");
         }
+    }
+
+    /// [`Outbox::record_process`] in the background, with other file-system
+    /// work that nothing waits for (one hand-off for many jobs). A process
+    /// that ended first is not recorded (see [`AttemptFiles::record_process`]).
+    pub fn record_process_later(&self, job_id: &str, pid: u32) {
+        let Some(files) = self.lock().jobs.get(job_id).and_then(|e| e.files.clone()) else {
+            return;
+        };
+        let job = job_id.to_string();
+        self.janitor.defer(move || {
+            let written = match process_record(pid) {
+                Some(rec) => files.record_process(rec),
+                None => Ok(()), // Already gone: nothing to kill later.
+            };
+            if let Err(e) = written {
+                warn!(job, error = %e, "cannot record the job's process in the spool");
+            }
+        });
     }
 
     /// Number of jobs whose process has not finished.

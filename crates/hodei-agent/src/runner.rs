@@ -186,7 +186,7 @@ impl Runner {
             tokio::select! {
                 biased;
                 pid = pid_rx.recv(), if pids_open => match pid {
-                    Some(pid) if record => self.outbox.record_process(&job_id, pid).await,
+                    Some(pid) if record => self.outbox.record_process_later(&job_id, pid),
                     Some(_) => {}
                     None => pids_open = false,
                 },

@@ -326,6 +326,11 @@ impl AttemptFiles {
         let mut current = self.lock_meta();
         let mut next = current.meta.clone();
         change(&mut next);
+        self.write_meta(&mut current, next, durable)
+    }
+
+    /// Writes `next` as the metadata (see [`AttemptFiles::replace_meta`]).
+    fn write_meta(&self, current: &mut MetaFile, next: Meta, durable: bool) -> io::Result<()> {
         let json = serde_json::to_vec(&next).map_err(io::Error::other)?;
         // In place while there is no result yet: a write torn by the
         // machine's loss loses nothing that was offered. A durable write
@@ -405,6 +410,20 @@ impl AttemptFiles {
             current.placed = true;
         }
         Ok(())
+    }
+
+    /// Records the job's process in `meta.json` without fsync (see
+    /// [`AttemptFiles::update_meta_cached`]), unless the attempt already
+    /// has a result: its process is gone then, and a durable result is
+    /// never rewritten without fsync.
+    pub fn record_process(&self, process: ProcessRecord) -> io::Result<()> {
+        let mut current = self.lock_meta();
+        if current.meta.result.is_some() {
+            return Ok(());
+        }
+        let mut next = current.meta.clone();
+        next.process = Some(process);
+        self.write_meta(&mut current, next, false)
     }
 
     /// Rewrites `meta.json` without its result, in place and without fsync:

@@ -557,3 +557,48 @@ fn spool_sizes_parse() {
     assert!(parse_size("-1G").is_err());
     assert!(parse_size("99999999999T").is_err());
 }
+
+/// A process record written after the attempt's result (the record is
+/// written in the background) changes nothing: the durable result is not
+/// rewritten without fsync, and the process is gone anyway.
+#[test]
+fn a_process_record_after_the_result_is_dropped() {
+    use hodei_agent::spool::{ProcessRecord, ResultRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = AttemptFiles::create(dir.path(), Meta::new("j", 1, [0, 0])).expect("create");
+    let process = ProcessRecord {
+        pid: 42,
+        pgid: 42,
+        start_time: 7,
+        boot_id: None,
+    };
+    // Before the result: recorded.
+    files.record_process(process.clone()).expect("record");
+    assert_eq!(
+        read_meta(files.dir()).expect("meta").process,
+        Some(process.clone())
+    );
+    let result = ResultRecord {
+        outcome: pb::Outcome::Exited as i32,
+        exit_code: 0,
+        signal: 0,
+        message: String::new(),
+        stdout: Default::default(),
+        stderr: Default::default(),
+    };
+    files
+        .make_result_durable([false, false], |m| {
+            m.process = None;
+            m.result = Some(result.clone());
+        })
+        .expect("result");
+    let on_disk = std::fs::read(files.dir().join("meta.json")).expect("read");
+    files.record_process(process).expect("no-op");
+    assert_eq!(
+        std::fs::read(files.dir().join("meta.json")).expect("read"),
+        on_disk,
+        "meta.json untouched"
+    );
+    let meta = read_meta(files.dir()).expect("meta");
+    assert_eq!((meta.result, meta.process), (Some(result), None));
+}
