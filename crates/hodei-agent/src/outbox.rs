@@ -322,6 +322,10 @@ impl Outbox {
         };
         let job = job_id.to_string();
         self.janitor.defer(move || {
+            // A short job has often ended by now: no need to read /proc.
+            if files.has_result() {
+                return;
+            }
             let written = match process_record(pid) {
                 Some(rec) => files.record_process(rec),
                 None => Ok(()), // Already gone: nothing to kill later.

@@ -310,6 +310,11 @@ impl AttemptFiles {
         self.lock_meta().meta.clone()
     }
 
+    /// Whether the attempt's result is recorded.
+    pub fn has_result(&self) -> bool {
+        self.lock_meta().meta.result.is_some()
+    }
+
     /// Changes the metadata and replaces `meta.json` atomically and durably.
     pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
         self.replace_meta(change, true)
