@@ -306,6 +306,40 @@ async fn a_finished_attempt_found_in_the_pool_is_offered_and_a_retired_one_is_no
     );
 }
 
+/// A finished attempt's directory found under an earlier attempt's name
+/// (the machine's loss undid its rename into place) is moved to its own
+/// name and offered again: `meta.json` says which attempt it holds.
+#[tokio::test]
+async fn a_finished_attempt_under_an_earlier_name_is_offered_under_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    {
+        let (outbox, _) = Outbox::open(spool.clone(), 1 << 30).await.expect("open");
+        add(&outbox, "x").await;
+        let result = pb::JobResult {
+            job_id: "x".into(),
+            exit_code: 5,
+            attempt: 1,
+            outcome: pb::Outcome::Exited as i32,
+            ..Default::default()
+        };
+        outbox.finish("x", result).await;
+    }
+    let own = spool.join(attempt_dir_name("x", 1));
+    let earlier = spool.join(attempt_dir_name("earlier", 3));
+    std::fs::rename(&own, &earlier).unwrap();
+
+    let (outbox, summary) = Outbox::open(spool.clone(), 1 << 30).await.expect("reopen");
+    assert_eq!(summary.resumed, vec![("x".to_string(), 1)]);
+    assert_eq!(summary.discarded, 0);
+    assert!(own.exists() && !earlier.exists());
+    let batch = outbox.next_batch(1 << 20).await;
+    assert!(
+        matches!(batch.last(), Some(Body::Result(r)) if r.job_id == "x" && r.exit_code == 5),
+        "{batch:?}"
+    );
+}
+
 #[test]
 fn leftover_temporary_files_do_not_matter() {
     // A meta.json.tmp from an interrupted write sits beside a good meta.json.
