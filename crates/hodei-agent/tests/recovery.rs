@@ -76,6 +76,29 @@ async fn add(outbox: &Outbox, job: &str) {
     outbox.create_spool(job).await.expect("spool entry");
 }
 
+/// Attempt 1 of `job` exited with `code`.
+fn exited(job: &str, code: i32) -> pb::JobResult {
+    pb::JobResult {
+        job_id: job.into(),
+        exit_code: code,
+        attempt: 1,
+        outcome: pb::Outcome::Exited as i32,
+        ..Default::default()
+    }
+}
+
+/// Everything the outbox has to send, in order.
+async fn drain(outbox: &Outbox) -> Vec<Body> {
+    let mut bodies = Vec::new();
+    loop {
+        let batch = outbox.next_batch(1 << 20).await;
+        if batch.is_empty() {
+            return bodies;
+        }
+        bodies.extend(batch);
+    }
+}
+
 #[tokio::test]
 async fn restart_offers_finished_attempts_and_kills_running_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -102,14 +125,7 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
             resend: false,
         };
         outbox.ack_logs(&ack).await;
-        let result = pb::JobResult {
-            job_id: "done".into(),
-            exit_code: 3,
-            attempt: 1,
-            outcome: pb::Outcome::Exited as i32,
-            ..Default::default()
-        };
-        outbox.finish("done", result).await;
+        outbox.finish("done", exited("done", 3)).await;
 
         // Running when the agent "dies": a real process group.
         add(&outbox, "running").await;
@@ -184,14 +200,7 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
         ("done", 1)
     );
     assert_eq!(outbox.running(), 0);
-    let mut bodies = Vec::new();
-    loop {
-        let batch = outbox.next_batch(1 << 20).await;
-        if batch.is_empty() {
-            break;
-        }
-        bodies.extend(batch);
-    }
+    let bodies = drain(&outbox).await;
     assert!(matches!(&bodies[0], Body::Started(s) if s.job_id == "done"));
     let logs: Vec<(i32, u64, Vec<u8>)> = bodies
         .iter()
@@ -240,13 +249,6 @@ async fn a_finished_attempt_found_in_the_pool_is_offered_and_a_retired_one_is_no
             .map(|e| e.unwrap().path())
             .collect()
     };
-    let finish = |job: &'static str| pb::JobResult {
-        job_id: job.into(),
-        exit_code: 0,
-        attempt: 1,
-        outcome: pb::Outcome::Exited as i32,
-        ..Default::default()
-    };
     let acked = |job: &'static str| pb::ResultAck {
         job_id: job.into(),
         attempt: 1,
@@ -254,7 +256,7 @@ async fn a_finished_attempt_found_in_the_pool_is_offered_and_a_retired_one_is_no
     {
         let (outbox, _) = Outbox::open(spool.clone(), 1 << 30).await.expect("open");
         add(&outbox, "a").await;
-        outbox.finish("a", finish("a")).await;
+        outbox.finish("a", exited("a", 0)).await;
         assert!(outbox.ack_result(&acked("a")));
         outbox.settle().await;
         let retired = pooled();
@@ -266,11 +268,11 @@ async fn a_finished_attempt_found_in_the_pool_is_offered_and_a_retired_one_is_no
         add(&outbox, "b").await;
         assert!(pooled().is_empty(), "b took the emptied entry");
         outbox.push("b", chunk(LogStream::Stdout, "owed")).await;
-        outbox.finish("b", finish("b")).await;
+        outbox.finish("b", exited("b", 0)).await;
 
         // c finishes and is retired: its entry goes to the pool.
         add(&outbox, "c").await;
-        outbox.finish("c", finish("c")).await;
+        outbox.finish("c", exited("c", 0)).await;
         assert!(outbox.ack_result(&acked("c")));
         outbox.settle().await;
         assert_eq!(pooled().len(), 1);
@@ -284,14 +286,7 @@ async fn a_finished_attempt_found_in_the_pool_is_offered_and_a_retired_one_is_no
     assert_eq!(summary.discarded, 0);
     assert!(pooled().is_empty(), "the pool starts empty");
     assert!(spool.join(attempt_dir_name("b", 1)).exists());
-    let mut bodies = Vec::new();
-    loop {
-        let batch = outbox.next_batch(1 << 20).await;
-        if batch.is_empty() {
-            break;
-        }
-        bodies.extend(batch);
-    }
+    let bodies = drain(&outbox).await;
     let logs: Vec<(u64, Vec<u8>)> = bodies
         .iter()
         .filter_map(|b| match b {
@@ -316,14 +311,7 @@ async fn a_finished_attempt_under_an_earlier_name_is_offered_under_its_own() {
     {
         let (outbox, _) = Outbox::open(spool.clone(), 1 << 30).await.expect("open");
         add(&outbox, "x").await;
-        let result = pb::JobResult {
-            job_id: "x".into(),
-            exit_code: 5,
-            attempt: 1,
-            outcome: pb::Outcome::Exited as i32,
-            ..Default::default()
-        };
-        outbox.finish("x", result).await;
+        outbox.finish("x", exited("x", 5)).await;
     }
     let own = spool.join(attempt_dir_name("x", 1));
     let earlier = spool.join(attempt_dir_name("earlier", 3));
