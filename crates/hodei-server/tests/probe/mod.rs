@@ -1,0 +1,67 @@
+//! The SQLite store with probes for tests that drive the reactor: its
+//! `ping` can be made to fail, and it counts the reactor's lookups
+//! (`get_jobs`). Everything else goes to the real store.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use hodei_core::engine::Writes;
+use hodei_core::{Job, JobState, Millis};
+use hodei_server::store::{
+    FinishedCount, JobFilter, LogChunk, LogQuery, Recovery, SqliteStore, Store, StoreError,
+};
+
+pub struct ProbeStore {
+    inner: SqliteStore,
+    /// `ping` fails while set.
+    pub broken: AtomicBool,
+    /// `get_jobs` calls so far.
+    pub lookups: AtomicUsize,
+}
+
+impl ProbeStore {
+    pub async fn open(dir: &Path) -> ProbeStore {
+        ProbeStore {
+            inner: SqliteStore::open(dir).await.expect("open the store"),
+            broken: AtomicBool::new(false),
+            lookups: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for ProbeStore {
+    async fn commit(&self, writes: &Writes) -> Result<(), StoreError> {
+        self.inner.commit(writes).await
+    }
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.get_job(id).await
+    }
+    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_jobs(ids).await
+    }
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        self.inner.list_jobs(filter).await
+    }
+    async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.inner.count_by_state().await
+    }
+    async fn finished_since(&self, since: Millis) -> Result<Vec<FinishedCount>, StoreError> {
+        self.inner.finished_since(since).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        self.inner.ping().await
+    }
+    async fn read_logs(&self, query: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
+        self.inner.read_logs(query).await
+    }
+    async fn recover(&self) -> Result<Recovery, StoreError> {
+        self.inner.recover().await
+    }
+}
