@@ -4,39 +4,23 @@
 
 mod probe;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use hodei_core::engine::{Engine, EngineConfig};
-use hodei_server::http::{AppState, router};
-use hodei_server::reactor;
-use probe::ProbeStore;
-use tower::ServiceExt as _;
 
 async fn readyz(app: &axum::Router) -> (StatusCode, String) {
     let req = Request::get("/readyz")
         .body(Body::empty())
         .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (status, body) = probe::call(app, req).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]
 async fn readiness_follows_the_store_and_the_reactor() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(ProbeStore::open(dir.path()).await);
-    let (hub, task) = reactor::start(Engine::new(EngineConfig::default()), store.clone());
-    let app = router(AppState {
-        hub,
-        store: store.clone(),
-        limits: Default::default(),
-    });
+    let (store, app, task) = probe::serve(dir.path()).await;
     assert_eq!(readyz(&app).await, (StatusCode::OK, "ready".to_string()));
 
     store.broken.store(true, Ordering::Relaxed);

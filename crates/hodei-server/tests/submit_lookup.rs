@@ -6,40 +6,24 @@
 
 mod probe;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use hodei_core::engine::{Engine, EngineConfig};
-use hodei_server::http::{AppState, router};
-use hodei_server::reactor;
-use probe::ProbeStore;
-use tower::ServiceExt as _;
 
 async fn post(app: &axum::Router, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
     let req = Request::post(path)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_string()))
         .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (status, serde_json::from_slice(&bytes).expect("JSON"))
+    let (status, body) = probe::call(app, req).await;
+    (status, serde_json::from_slice(&body).expect("JSON"))
 }
 
 #[tokio::test]
 async fn only_a_client_chosen_id_is_looked_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(ProbeStore::open(dir.path()).await);
-    let (hub, task) = reactor::start(Engine::new(EngineConfig::default()), store.clone());
-    let app = router(AppState {
-        hub,
-        store: store.clone(),
-        limits: Default::default(),
-    });
+    let (store, app, task) = probe::serve(dir.path()).await;
     let lookups = || store.lookups.load(Ordering::SeqCst);
 
     // The server makes the id: nothing to look up.

@@ -5,7 +5,15 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use hodei_core::engine::{Engine, EngineConfig};
+use hodei_server::http::{AppState, router};
+use hodei_server::reactor;
+use tower::ServiceExt as _;
 
 use hodei_core::engine::Writes;
 use hodei_core::{Job, JobState, Millis};
@@ -29,6 +37,34 @@ impl ProbeStore {
             lookups: AtomicUsize::new(0),
         }
     }
+}
+
+/// The real router over a reactor whose store is a [`ProbeStore`] in `dir`.
+pub async fn serve(
+    dir: &Path,
+) -> (
+    Arc<ProbeStore>,
+    axum::Router,
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+) {
+    let store = Arc::new(ProbeStore::open(dir).await);
+    let (hub, task) = reactor::start(Engine::new(EngineConfig::default()), store.clone());
+    let app = router(AppState {
+        hub,
+        store: store.clone(),
+        limits: Default::default(),
+    });
+    (store, app, task)
+}
+
+/// Sends `req` through `app`: the status and the body.
+pub async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, body.to_vec())
 }
 
 #[async_trait::async_trait]
