@@ -46,6 +46,7 @@ fn engine() -> Engine {
             id: "j".into(),
             spec: JobSpec::command(["true"]),
             submitter: None,
+            fresh: false,
             existing: None,
         },
         NOW,
@@ -179,6 +180,7 @@ fn unary(engine: &mut Engine, call: u8, message: &[u8]) {
                     id,
                     spec,
                     submitter: None,
+                    fresh: false,
                     existing: None,
                 },
             );

@@ -66,6 +66,7 @@ fn offsets(data: &[u8]) {
                 id: "j".into(),
                 spec: JobSpec::command(["true"]),
                 submitter: None,
+                fresh: false,
                 existing: None,
             },
         ],

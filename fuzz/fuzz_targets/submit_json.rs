@@ -69,6 +69,7 @@ fn check(request: SubmitRequest) {
             id: id.clone(),
             spec: spec.clone(),
             submitter: None,
+            fresh: false,
             existing: None,
         };
         engine.handle(input, 1_000, &mut out);
