@@ -297,25 +297,11 @@ impl Outbox {
     }
 
     /// Records the job's process (pid, group, start time) in the spool, so
-    /// that a restarted agent can kill what is left of it.
-    pub async fn record_process(&self, job_id: &str, pid: u32) {
-        let Some(files) = self.lock().jobs.get(job_id).and_then(|e| e.files.clone()) else {
-            return;
-        };
-        let written = tokio::task::spawn_blocking(move || match process_record(pid) {
-            // Not fsynced: it only has to outlive the agent process.
-            Some(rec) => files.record_process(rec),
-            None => Ok(()), // Already gone: nothing to kill later.
-        })
-        .await;
-        if let Ok(Err(e)) = written {
-            warn!(job = job_id, error = %e, "cannot record the job's process in the spool");
-        }
-    }
-
-    /// [`Outbox::record_process`] in the background, with other file-system
-    /// work that nothing waits for (one hand-off for many jobs). A process
-    /// that ended first is not recorded (see [`AttemptFiles::record_process`]).
+    /// that a restarted agent can kill what is left of it. Not fsynced: it
+    /// only has to outlive the agent process. Done in the background, with
+    /// other file-system work that nothing waits for (one hand-off for many
+    /// jobs; [`Outbox::settle`] waits for it). A process that ended first is
+    /// not recorded (see [`AttemptFiles::record_process`]).
     pub fn record_process_later(&self, job_id: &str, pid: u32) {
         let Some(files) = self.lock().jobs.get(job_id).and_then(|e| e.files.clone()) else {
             return;

@@ -211,6 +211,24 @@ struct MetaFile {
     placed: bool,
 }
 
+impl MetaFile {
+    /// `meta.json` open for writing in place, with its length: the handle
+    /// kept from the last write, or the file in `dir` opened (created if
+    /// missing). Put it back in `file` after writing.
+    fn take_file(&mut self, dir: &Path) -> io::Result<(File, usize)> {
+        if let Some(open) = self.file.take() {
+            return Ok(open);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(META_FILE))?;
+        let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+        Ok((file, len))
+    }
+}
+
 impl AttemptFiles {
     /// Creates a fresh directory for the attempt (replacing a leftover one
     /// of the same name) with empty stream files and its `meta.json`.
@@ -343,18 +361,7 @@ impl AttemptFiles {
         // sector, which the disk writes whole.
         let limit = if durable { SECTOR } else { IN_PLACE_MAX };
         if current.meta.result.is_none() && (durable || next.result.is_none()) {
-            let (file, known) = match current.file.take() {
-                Some(open) => open,
-                None => {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(self.dir.join(META_FILE))?;
-                    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-                    (file, len)
-                }
-            };
+            let (file, known) = current.take_file(&self.dir)?;
             if json.len().max(known) <= limit {
                 let len = write_padded(&file, &json, known)?;
                 if durable {
@@ -445,16 +452,7 @@ impl AttemptFiles {
         let mut next = current.meta.clone();
         next.result = None;
         let json = serde_json::to_vec(&next).map_err(io::Error::other)?;
-        let (file, known) = match current.file.take() {
-            Some(open) => open,
-            None => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(self.dir.join(META_FILE))?;
-                let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-                (file, len)
-            }
-        };
+        let (file, known) = current.take_file(&self.dir)?;
         let len = write_padded(&file, &json, known)?;
         current.meta = next;
         current.file = Some((file, len));

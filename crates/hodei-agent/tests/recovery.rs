@@ -132,12 +132,13 @@ async fn restart_offers_finished_attempts_and_kills_running_ones() {
         outbox
             .push("running", chunk(LogStream::Stdout, "partial"))
             .await;
-        outbox.record_process("running", ours_pid).await;
+        outbox.record_process_later("running", ours_pid);
 
         // Running too, but its recorded process is not the one alive under
         // that pid now (another start time): it must not be killed.
         add(&outbox, "reused").await;
-        outbox.record_process("reused", stranger_pid).await;
+        outbox.record_process_later("reused", stranger_pid);
+        outbox.settle().await; // both records written
 
         // A second agent cannot use the same spool.
         let err = Outbox::open(spool.clone(), 1 << 30)
