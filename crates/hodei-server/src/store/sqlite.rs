@@ -54,13 +54,17 @@ macro_rules! select_jobs {
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, exit_code, signal, \
      reason, cancel_requested, name, priority, spec, created_at, assigned_at, started_at, \
      finished_at, submitter) VALUES ";
-const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
+/// On conflict only the columns that change after a job is created are set:
+/// its id, sequence number, name, priority, spec, creation time and
+/// submitter never do. SQLite rewrites the entries of every index on a
+/// column named in the `SET` list, changed or not, so leaving these out
+/// spares the `seq` and `name` indexes (pages written to the WAL) on every
+/// state change.
+const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET \
      state = excluded.state, attempt = excluded.attempt, worker = excluded.worker, \
      exit_code = excluded.exit_code, signal = excluded.signal, reason = excluded.reason, \
-     cancel_requested = excluded.cancel_requested, name = excluded.name, \
-     priority = excluded.priority, spec = excluded.spec, created_at = excluded.created_at, \
-     assigned_at = excluded.assigned_at, started_at = excluded.started_at, \
-     finished_at = excluded.finished_at, submitter = excluded.submitter";
+     cancel_requested = excluded.cancel_requested, assigned_at = excluded.assigned_at, \
+     started_at = excluded.started_at, finished_at = excluded.finished_at";
 const INSERT_LOGS: &str = "INSERT INTO log_chunks (job_id, attempt, stream, start_offset, \
      end_offset, ts, data) VALUES ";
 const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) \
