@@ -10,7 +10,8 @@
 //!   secrets masked and its log limited on the way to the outbox;
 //!   [`workdir`]: its working directory; [`dir_pool`]: emptied
 //!   directories kept for reuse (spool entries, working directories);
-//! - [`executor`]: the executor trait; [`process`]: local processes;
+//! - [`executor`]: the executor trait; [`process`]: local processes, started
+//!   by [`spawn`], their programs found in `PATH` through [`path_cache`];
 //!   [`docker`]: Docker containers, for jobs with an image;
 //! - [`tls`]: TLS to the orchestrator (trusted CA, client certificate).
 
@@ -21,6 +22,7 @@ pub mod executor;
 pub mod janitor;
 pub mod mask;
 pub mod outbox;
+pub mod path_cache;
 pub mod process;
 pub mod recover;
 pub mod runner;

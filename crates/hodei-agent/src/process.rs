@@ -94,6 +94,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::executor::{CancelSignal, ExecSpec, Executor, OutputChunk, now_ms};
+use crate::path_cache::PathCache;
 use crate::spawn;
 
 /// The most one read from a pipe (and so one [`OutputChunk`]) carries, at
@@ -111,7 +112,8 @@ pub const PIPE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Runs jobs as local processes; see the [module documentation](self).
 #[derive(Debug, Clone, Default)]
 pub struct ProcessExecutor {
-    _private: (),
+    /// Programs found in `PATH` lately.
+    lookups: std::sync::Arc<PathCache>,
 }
 
 impl ProcessExecutor {
@@ -137,7 +139,7 @@ impl Executor for ProcessExecutor {
             return Outcome::Cancelled;
         }
 
-        let leader = match start(program, &spec) {
+        let leader = match start(program, &spec, &self.lookups) {
             Ok(leader) => leader,
             Err(err) => {
                 let (code, message) = describe_spawn_error(program, &spec, &err).await;
@@ -232,10 +234,15 @@ impl Executor for ProcessExecutor {
 /// `HODEI_JOB_ID` and `HODEI_ATTEMPT`, in `spec.working_dir`; see
 /// [`crate::spawn`]. Runs on the calling (runtime worker) thread, which the
 /// death signal is tied to; the `PATH` lookup's few `stat` calls run there
-/// too, as they would inside `std`'s spawn.
+/// too, as they would inside `std`'s spawn (one or two when `lookups`
+/// remembers the program).
 ///
 /// Returns the leader's pid (its group id) and its stdout and stderr pipes.
-fn start(program: &str, spec: &ExecSpec) -> io::Result<(Pid, pipe::Receiver, pipe::Receiver)> {
+fn start(
+    program: &str,
+    spec: &ExecSpec,
+    lookups: &PathCache,
+) -> io::Result<(Pid, pipe::Receiver, pipe::Receiver)> {
     let attempt = spec.attempt.to_string();
     let env = spawn::environment(
         spec.env
@@ -250,7 +257,7 @@ fn start(program: &str, spec: &ExecSpec) -> io::Result<(Pid, pipe::Receiver, pip
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_os_str());
-    let path = spawn::resolve(program, path_var)?;
+    let path = lookups.resolve(program, path_var)?;
     let leader = spawn::spawn(spawn::Spawn {
         path: &path,
         argv: &spec.command,
