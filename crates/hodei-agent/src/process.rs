@@ -153,15 +153,14 @@ impl Executor for ProcessExecutor {
         spec.on_start.started(pid.unsigned_abs());
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stdout = tokio::spawn(pump(
-            out,
-            LogStream::Stdout,
-            output.clone(),
-            stop_rx.clone(),
-        ));
-        let stderr = tokio::spawn(pump(err, LogStream::Stderr, output.clone(), stop_rx));
-        drop(output);
-        let mut drained = pin!(join_pumps(stdout, stderr).fuse());
+        // Both pipes in one task: one task (and one wake-up of another
+        // worker to run it) per job instead of two.
+        let stdout = pump(out, LogStream::Stdout, output.clone(), stop_rx.clone());
+        let stderr = pump(err, LogStream::Stderr, output, stop_rx);
+        let pumps = tokio::spawn(async move {
+            futures::join!(stdout, stderr);
+        });
+        let mut drained = pin!(join_pumps(pumps).fuse());
 
         let reaped = Reaped::default();
         let mut group = GroupGuard(Some(pgid));
@@ -442,11 +441,9 @@ fn outcome_of(status: ExitStatus) -> Outcome {
     }
 }
 
-async fn join_pumps(stdout: JoinHandle<()>, stderr: JoinHandle<()>) {
-    for task in [stdout, stderr] {
-        if let Err(err) = task.await {
-            warn!(%err, "output pump failed");
-        }
+async fn join_pumps(pumps: JoinHandle<()>) {
+    if let Err(err) = pumps.await {
+        warn!(%err, "output pump failed");
     }
 }
 
