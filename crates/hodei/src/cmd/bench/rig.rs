@@ -65,6 +65,11 @@ impl Rig {
         })
     }
 
+    /// The agent process's id (`None` once it exited).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.child.id()
+    }
+
     pub async fn shutdown(self) {
         self.agent.stop().await;
         let _ = self.stop.send(true);
@@ -299,14 +304,51 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 /// CPU time a process used so far (user + system, fields 14 and 15 of
 /// `/proc/PID/stat`, in clock ticks of 1/100 s: USER_HZ is 100 on Linux).
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    Ok(cpu_times(pid)?.own)
+}
+
+/// CPU seconds (user + system) a process used so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// By the process itself (every thread).
+    pub own: f64,
+    /// By the children it has reaped (and theirs): an agent's jobs.
+    pub reaped_children: f64,
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            own: self.own - earlier.own,
+            reaped_children: self.reaped_children - earlier.reaped_children,
+        }
+    }
+}
+
+/// Fields 14 to 17 of `/proc/PID/stat` (utime, stime, cutime, cstime), in
+/// clock ticks of 1/100 s (USER_HZ is 100 on Linux).
+pub fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces: fields are counted after its ')'.
     let rest = stat.rsplit_once(')').context("malformed stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    // `rest` starts at field 3 (state).
     let tick =
         |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i - 3).context("short stat")?.parse()?) };
-    Ok((tick(14)? + tick(15)?) as f64 / 100.0)
+    Ok(CpuTimes {
+        own: (tick(14)? + tick(15)?) as f64 / 100.0,
+        reaped_children: (tick(16)? + tick(17)?) as f64 / 100.0,
+    })
+}
+
+/// CPU seconds (user + system) used by this process's reaped children.
+pub fn children_cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
 }
 
 /// Raises this process's soft open-file limit to the hard one; returns the

@@ -5,14 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use hodei_core::JobState;
 use hodei_core::engine::Notice;
 use tokio::sync::broadcast;
 
 use super::Plan;
 use super::report::Report;
-use super::rig::{Rig, job};
+use super::rig::{Rig, children_cpu_seconds, cpu_times, job};
 
 /// Concurrent submitting clients, one job per request.
 const SUBMITTERS: usize = 16;
@@ -22,6 +22,11 @@ const BATCH_SUBMITTERS: usize = 4;
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let n = plan.n(10_000, 200);
     let mut rig = Rig::start(plan.slots).await?;
+    // CPU used from the first submission to the last result: by the agent,
+    // by its jobs' processes, and by this process (the orchestrator and the
+    // submitting clients). Less noisy than rates on a shared machine.
+    let agent = rig.agent_pid().context("the agent exited")?;
+    let (agent_cpu0, self_cpu0) = (cpu_times(agent)?, cpu_times(std::process::id())?);
     let start = Instant::now();
     let mut tasks = Vec::new();
     let submitters = if plan.batch.is_some() {
@@ -70,11 +75,15 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         }
     }
     let elapsed = start.elapsed();
+    let agent_cpu = cpu_times(agent)? - agent_cpu0;
+    let self_cpu = cpu_times(std::process::id())? - self_cpu0;
     for t in tasks {
         t.await??;
     }
     rig.shutdown().await;
+    let children0 = children_cpu_seconds();
     let baseline = spawn_baseline(n, plan.slots as usize).await?;
+    let baseline_cpu = children_cpu_seconds() - children0;
     let rate = n as f64 / elapsed.as_secs_f64();
     let base_rate = n as f64 / baseline.as_secs_f64();
     let ratio = (rate / base_rate * 1000.0).round() / 1000.0;
@@ -87,12 +96,27 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     r.set("jobs_per_second", rate.round());
     r.set("baseline_spawns_per_second", base_rate.round());
     r.set("ratio_to_baseline", ratio);
+    let per_job = |secs: f64| round3(secs * 1000.0 / n as f64);
+    r.set("cpu_ms_per_job_agent", per_job(agent_cpu.own));
+    r.set(
+        "cpu_ms_per_job_job_processes",
+        per_job(agent_cpu.reaped_children),
+    );
+    r.set(
+        "cpu_ms_per_job_orchestrator_and_clients",
+        per_job(self_cpu.own),
+    );
+    r.set("cpu_ms_per_baseline_spawn", per_job(baseline_cpu));
     r.sane(failed == 0, format!("{failed} of {n} jobs failed"));
     r.sane(rate > 0.0 && base_rate > 0.0, "a rate of zero");
     r.target("jobs_per_second", rate.round(), true, 1000.0);
     r.target("ratio_to_baseline", ratio, true, 0.6);
     r.finished_at = finished_at;
     Ok(r)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// Spawns `n` `true` processes, `parallel` at a time.
