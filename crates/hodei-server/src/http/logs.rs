@@ -22,7 +22,7 @@ use futures::StreamExt;
 use hodei_core::api::EndEvent;
 use hodei_core::engine::Notice;
 use hodei_core::frames::{self, Frame};
-use hodei_core::{Job, LogStream};
+use hodei_core::{Job, JobState, LogStream};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -192,7 +192,7 @@ pub async fn follow(
         last_sent: Instant::now(),
     };
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(follower.run(tx));
+    tokio::spawn(follower.run(tx, job));
     let out = ReceiverStream::new(rx);
     Ok(if frames {
         // A log frame goes out as its head and its bytes, without a copy.
@@ -285,8 +285,9 @@ struct Follower {
 type Tx = mpsc::Sender<Out>;
 
 impl Follower {
-    async fn run(mut self, tx: Tx) {
-        if let Err(message) = self.follow(&tx).await {
+    /// Follows from `job`, the job as read after subscribing.
+    async fn run(mut self, tx: Tx, job: Job) {
+        if let Err(message) = self.follow(&tx, job).await {
             let _ = tx.send(Out::Error(message)).await;
         }
     }
@@ -297,32 +298,42 @@ impl Follower {
         tx.send(out).await.is_ok()
     }
 
-    async fn follow(&mut self, tx: &Tx) -> Result<(), String> {
+    /// Sends the log, then the end. Reads the store only for what a notice
+    /// says may have changed: new output (logs), a job that ended or moved
+    /// to another attempt (the job, then the logs), or anything after a
+    /// missed notice or a quiet [`SAFETY_POLL`] (both).
+    async fn follow(&mut self, tx: &Tx, job: Job) -> Result<(), String> {
         // The job as last seen finished; set only before a log read, so an
         // empty read after it means every byte was sent (results are
         // committed after the logs that precede them).
         let mut finished: Option<Job> = None;
+        // The job as last read, while no notice said it changed.
+        let mut known = Some(job);
+        // Whether output may have come since the last empty read.
+        let mut logs_due = true;
         loop {
-            let chunks = self
-                .app
-                .store
-                .read_logs(&self.query)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !chunks.is_empty() {
-                for chunk in chunks {
-                    let end = chunk.offset + chunk.data.len() as u64;
-                    self.query.from[chunk.stream.index()] = end;
-                    let log = Out::Log {
-                        attempt: self.query.attempt,
-                        chunk,
-                        from: self.query.from,
-                    };
-                    if !self.send(tx, log).await {
-                        return Ok(());
+            if logs_due {
+                let chunks = self
+                    .app
+                    .store
+                    .read_logs(&self.query)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !chunks.is_empty() {
+                    for chunk in chunks {
+                        let end = chunk.offset + chunk.data.len() as u64;
+                        self.query.from[chunk.stream.index()] = end;
+                        let log = Out::Log {
+                            attempt: self.query.attempt,
+                            chunk,
+                            from: self.query.from,
+                        };
+                        if !self.send(tx, log).await {
+                            return Ok(());
+                        }
                     }
+                    continue;
                 }
-                continue;
             }
             if let Some(job) = finished {
                 let end = serde_json::to_string(&EndEvent::of(&job)).map_err(|e| e.to_string())?;
@@ -330,57 +341,88 @@ impl Follower {
                 return Ok(());
             }
             // Nothing new to send: only now look at the job.
-            let job = self
-                .app
-                .store
-                .get_job(&self.query.job_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("job {} not found", self.query.job_id))?;
+            let job = match known.take() {
+                Some(job) => job,
+                None => self
+                    .app
+                    .store
+                    .get_job(&self.query.job_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("job {} not found", self.query.job_id))?,
+            };
             if !self.fixed_attempt && job.attempt > self.query.attempt {
                 self.query.attempt = job.attempt;
                 self.query.from = [0, 0];
                 if !self.send(tx, Out::Attempt(job.attempt)).await {
                     return Ok(());
                 }
+                logs_due = true;
                 continue;
             }
             if job.state.is_terminal() {
                 // One more read, ordered after the finish, then the end.
                 finished = Some(job);
+                logs_due = true;
                 continue;
             }
             if tx.is_closed() {
                 return Ok(());
             }
-            self.wait_for_change().await;
+            let change = self.wait_for_change().await;
             if self.last_sent.elapsed() >= KEEP_ALIVE && !self.send(tx, Out::KeepAlive).await {
                 return Ok(());
             }
+            (logs_due, known) = match change {
+                // Notices come in commit order: a later change of the job
+                // is still queued and is seen next time.
+                Change::Output => (true, Some(job)),
+                // Running: same attempt, not finished, no output of its own.
+                Change::Started => (false, Some(job)),
+                Change::Other => (true, None),
+            };
         }
     }
 
     /// Waits until something happens to this job (or the safety poll).
-    async fn wait_for_change(&mut self) {
+    async fn wait_for_change(&mut self) -> Change {
         let deadline = tokio::time::sleep(SAFETY_POLL);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                _ = &mut deadline => return,
+                _ = &mut deadline => return Change::Other,
                 notice = self.notices.recv() => match notice {
-                    Ok(Notice::LogAppended { job_id } | Notice::JobChanged { job_id, .. })
-                        if job_id == self.query.job_id => return,
+                    Ok(Notice::LogAppended { job_id }) if job_id == self.query.job_id => {
+                        return Change::Output;
+                    }
+                    Ok(Notice::JobChanged { job_id, state }) if job_id == self.query.job_id => {
+                        return if state == JobState::Running {
+                            Change::Started
+                        } else {
+                            Change::Other
+                        };
+                    }
                     Ok(_) => {}
                     // Missed some notices: re-read to be safe.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Change::Other,
                     Err(broadcast::error::RecvError::Closed) => {
                         (&mut deadline).await;
-                        return;
+                        return Change::Other;
                     }
                 },
             }
         }
     }
+}
+
+/// What woke a follower.
+enum Change {
+    /// The job wrote output.
+    Output,
+    /// The job's process started (the attempt is the same).
+    Started,
+    /// Anything else: the job and its log are read again.
+    Other,
 }
 
 #[cfg(test)]
