@@ -299,9 +299,10 @@ impl Follower {
     }
 
     /// Sends the log, then the end. Reads the store only for what a notice
-    /// says may have changed: new output (logs), a job that ended or moved
-    /// to another attempt (the job, then the logs), or anything after a
-    /// missed notice or a quiet [`SAFETY_POLL`] (both).
+    /// says may have changed: new output (the log, until a page comes back
+    /// not full), another state (the job; the log once more if it ended or
+    /// moved to another attempt), or anything after a missed notice or a
+    /// quiet [`SAFETY_POLL`] (both).
     async fn follow(&mut self, tx: &Tx, job: Job) -> Result<(), String> {
         // The job as last seen finished; set only before a log read, so an
         // empty read after it means every byte was sent (results are
@@ -320,6 +321,10 @@ impl Follower {
                     .await
                     .map_err(|e| e.to_string())?;
                 if !chunks.is_empty() {
+                    // A page that is not full held everything stored when it
+                    // was read: what comes later comes with a notice.
+                    let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+                    logs_due = bytes >= self.query.max_bytes;
                     for chunk in chunks {
                         let end = chunk.offset + chunk.data.len() as u64;
                         self.query.from[chunk.stream.index()] = end;
@@ -332,7 +337,9 @@ impl Follower {
                             return Ok(());
                         }
                     }
-                    continue;
+                    if logs_due {
+                        continue;
+                    }
                 }
             }
             if let Some(job) = finished {
@@ -379,7 +386,10 @@ impl Follower {
                 Change::Output => (true, Some(job)),
                 // Running: same attempt, not finished, no output of its own.
                 Change::Started => (false, Some(job)),
-                Change::Other => (true, None),
+                // Output comes with notices of its own; the job is read, and
+                // if it finished, the log after it.
+                Change::State => (false, None),
+                Change::Unknown => (true, None),
             };
         }
     }
@@ -390,7 +400,7 @@ impl Follower {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                _ = &mut deadline => return Change::Other,
+                _ = &mut deadline => return Change::Unknown,
                 notice = self.notices.recv() => match notice {
                     Ok(Notice::LogAppended { job_id }) if job_id == self.query.job_id => {
                         return Change::Output;
@@ -399,15 +409,15 @@ impl Follower {
                         return if state == JobState::Running {
                             Change::Started
                         } else {
-                            Change::Other
+                            Change::State
                         };
                     }
                     Ok(_) => {}
                     // Missed some notices: re-read to be safe.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return Change::Other,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Change::Unknown,
                     Err(broadcast::error::RecvError::Closed) => {
                         (&mut deadline).await;
-                        return Change::Other;
+                        return Change::Unknown;
                     }
                 },
             }
@@ -421,8 +431,11 @@ enum Change {
     Output,
     /// The job's process started (the attempt is the same).
     Started,
-    /// Anything else: the job and its log are read again.
-    Other,
+    /// The job changed otherwise: it is read again.
+    State,
+    /// A notice may have been missed (or none came for a while): the job
+    /// and its log are read again.
+    Unknown,
 }
 
 #[cfg(test)]
