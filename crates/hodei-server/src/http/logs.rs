@@ -376,66 +376,104 @@ impl Follower {
             if tx.is_closed() {
                 return Ok(());
             }
-            let change = self.wait_for_change().await;
+            let due = self.wait_for_change().await;
             if self.last_sent.elapsed() >= KEEP_ALIVE && !self.send(tx, Out::KeepAlive).await {
                 return Ok(());
             }
-            (logs_due, known) = match change {
-                // Notices come in commit order: a later change of the job
-                // is still queued and is seen next time.
-                Change::Output => (true, Some(job)),
-                // Running: same attempt, not finished, no output of its own.
-                Change::Started => (false, Some(job)),
-                // Output comes with notices of its own; the job is read, and
-                // if it finished, the log after it.
-                Change::State => (false, None),
-                Change::Unknown => (true, None),
-            };
+            // The last read sent everything stored then: what came since
+            // came with notices.
+            logs_due = due.log;
+            // Otherwise nothing said the job changed since it was read.
+            known = (!due.job).then_some(job);
         }
     }
 
-    /// Waits until something happens to this job (or the safety poll).
-    async fn wait_for_change(&mut self) -> Change {
+    /// Waits until something happens to this job (or the safety poll),
+    /// then takes every notice already queued too: one read covers them.
+    async fn wait_for_change(&mut self) -> Due {
         let deadline = tokio::time::sleep(SAFETY_POLL);
         tokio::pin!(deadline);
-        loop {
+        let mut due = loop {
             tokio::select! {
-                _ = &mut deadline => return Change::Unknown,
+                _ = &mut deadline => return Due::ALL,
                 notice = self.notices.recv() => match notice {
-                    Ok(Notice::LogAppended { job_id }) if job_id == self.query.job_id => {
-                        return Change::Output;
+                    Ok(notice) => {
+                        if let Some(due) = self.due_for(&notice) {
+                            break due;
+                        }
                     }
-                    Ok(Notice::JobChanged { job_id, state }) if job_id == self.query.job_id => {
-                        return if state == JobState::Running {
-                            Change::Started
-                        } else {
-                            Change::State
-                        };
-                    }
-                    Ok(_) => {}
                     // Missed some notices: re-read to be safe.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return Change::Unknown,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break Due::ALL,
                     Err(broadcast::error::RecvError::Closed) => {
                         (&mut deadline).await;
-                        return Change::Unknown;
+                        return Due::ALL;
                     }
                 },
             }
+        };
+        loop {
+            match self.notices.try_recv() {
+                Ok(notice) => {
+                    if let Some(more) = self.due_for(&notice) {
+                        due = due.and(more);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => due = Due::ALL,
+                Err(_) => return due,
+            }
+        }
+    }
+
+    /// What `notice` makes due for this follower; `None` when it is about
+    /// another job.
+    fn due_for(&self, notice: &Notice) -> Option<Due> {
+        match notice {
+            Notice::LogAppended { job_id } if *job_id == self.query.job_id => Some(Due {
+                log: true,
+                job: false,
+            }),
+            // Running: same attempt, not finished, no output of its own.
+            Notice::JobChanged {
+                job_id,
+                state: JobState::Running,
+            } if *job_id == self.query.job_id => Some(Due::NOTHING),
+            // Output comes with notices of its own: the job is read, and if
+            // it finished or moved to another attempt, the log after it.
+            Notice::JobChanged { job_id, .. } if *job_id == self.query.job_id => Some(Due {
+                log: false,
+                job: true,
+            }),
+            _ => None,
         }
     }
 }
 
-/// What woke a follower.
-enum Change {
-    /// The job wrote output.
-    Output,
-    /// The job's process started (the attempt is the same).
-    Started,
-    /// The job changed otherwise: it is read again.
-    State,
-    /// A notice may have been missed (or none came for a while): the job
-    /// and its log are read again.
-    Unknown,
+/// What a follower reads again after a wake-up.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    /// The log: output came.
+    log: bool,
+    /// The job: it changed.
+    job: bool,
+}
+
+impl Due {
+    const NOTHING: Due = Due {
+        log: false,
+        job: false,
+    };
+    /// After a missed notice, or none for a while.
+    const ALL: Due = Due {
+        log: true,
+        job: true,
+    };
+
+    fn and(self, other: Due) -> Due {
+        Due {
+            log: self.log || other.log,
+            job: self.job || other.job,
+        }
+    }
 }
 
 #[cfg(test)]
