@@ -87,39 +87,49 @@ mod tests {
         file
     }
 
-    #[test]
-    fn a_remembered_program_that_is_gone_is_looked_up_again() {
+    /// Two directories in `PATH`, each with an executable `tool`.
+    struct Twice {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        path: OsString,
+        in_a: PathBuf,
+        in_b: PathBuf,
+    }
+
+    fn in_two_dirs() -> Twice {
         let (a, b) = (
             tempfile::tempdir().expect("a"),
             tempfile::tempdir().expect("b"),
         );
-        let path = std::env::join_paths([a.path(), b.path()]).expect("PATH");
-        let in_a = tool(a.path(), "tool");
-        let in_b = tool(b.path(), "tool");
+        Twice {
+            path: std::env::join_paths([a.path(), b.path()]).expect("PATH"),
+            in_a: tool(a.path(), "tool"),
+            in_b: tool(b.path(), "tool"),
+            _dirs: (a, b),
+        }
+    }
+
+    #[test]
+    fn a_remembered_program_that_is_gone_is_looked_up_again() {
+        let t = in_two_dirs();
         let cache = PathCache::default();
-        assert_eq!(cache.resolve("tool", Some(&path)).expect("found"), in_a);
-        std::fs::remove_file(&in_a).expect("rm");
-        assert_eq!(cache.resolve("tool", Some(&path)).expect("found"), in_b);
-        std::fs::remove_file(&in_b).expect("rm");
+        assert_eq!(cache.resolve("tool", Some(&t.path)).expect("found"), t.in_a);
+        std::fs::remove_file(&t.in_a).expect("rm");
+        assert_eq!(cache.resolve("tool", Some(&t.path)).expect("found"), t.in_b);
+        std::fs::remove_file(&t.in_b).expect("rm");
         assert_eq!(
-            cache.resolve("tool", Some(&path)).map_err(|e| e.kind()),
+            cache.resolve("tool", Some(&t.path)).map_err(|e| e.kind()),
             Err(io::ErrorKind::NotFound)
         );
     }
 
     #[test]
     fn a_remembered_program_that_lost_its_execute_bit_is_looked_up_again() {
-        let (a, b) = (
-            tempfile::tempdir().expect("a"),
-            tempfile::tempdir().expect("b"),
-        );
-        let path = std::env::join_paths([a.path(), b.path()]).expect("PATH");
-        let in_a = tool(a.path(), "tool");
-        let in_b = tool(b.path(), "tool");
+        let t = in_two_dirs();
         let cache = PathCache::default();
-        assert_eq!(cache.resolve("tool", Some(&path)).expect("found"), in_a);
-        std::fs::set_permissions(&in_a, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert_eq!(cache.resolve("tool", Some(&path)).expect("found"), in_b);
+        assert_eq!(cache.resolve("tool", Some(&t.path)).expect("found"), t.in_a);
+        let not_executable = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&t.in_a, not_executable).expect("chmod");
+        assert_eq!(cache.resolve("tool", Some(&t.path)).expect("found"), t.in_b);
     }
 
     #[test]
