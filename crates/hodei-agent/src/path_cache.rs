@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ impl PathCache {
             .filter(|(_, at)| now.duration_since(*at) < FRESH_FOR)
             .map(|(found, _)| found.clone());
         if let Some(found) = remembered
-            && is_executable_file(&found)
+            && spawn::executable(&found) == Some(true)
         {
             return Ok(found);
         }
@@ -68,15 +68,10 @@ impl PathCache {
     }
 }
 
-/// What [`spawn::resolve`] accepts: a regular file this process may execute.
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file())
-        && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     use super::*;
 

@@ -153,8 +153,7 @@ impl Executor for ProcessExecutor {
         spec.on_start.started(pid.unsigned_abs());
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Both pipes in one task: one task (and one wake-up of another
-        // worker to run it) per job instead of two.
+        // Both pipes in one task: one task spawned per job instead of two.
         let stdout = pump(out, LogStream::Stdout, output.clone(), stop_rx.clone());
         let stderr = pump(err, LogStream::Stderr, output, stop_rx);
         let pumps = tokio::spawn(async move {

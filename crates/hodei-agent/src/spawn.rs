@@ -103,14 +103,10 @@ pub fn resolve(program: &str, path: Option<&OsStr>) -> io::Result<PathBuf> {
             Path::new(OsStr::from_bytes(dir))
         };
         let candidate = dir.join(program);
-        match std::fs::metadata(&candidate) {
-            Ok(meta) if meta.is_file() => {
-                if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
-                    return Ok(candidate);
-                }
-                denied = true;
-            }
-            _ => {}
+        match executable(&candidate) {
+            Some(true) => return Ok(candidate),
+            Some(false) => denied = true,
+            None => {}
         }
     }
     Err(if denied {
@@ -118,6 +114,14 @@ pub fn resolve(program: &str, path: Option<&OsStr>) -> io::Result<PathBuf> {
     } else {
         io::ErrorKind::NotFound.into()
     })
+}
+
+/// Whether `path` is a regular file this process may execute; `None` when
+/// it is not a regular file (or does not exist).
+pub fn executable(path: &Path) -> Option<bool> {
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file()
+        .then(|| nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok())
 }
 
 /// The job's environment: the agent's own, overridden by `overrides` in

@@ -310,7 +310,8 @@ impl Follower {
         let mut finished: Option<Job> = None;
         // The job as last read, while no notice said it changed.
         let mut known = Some(job);
-        // Whether output may have come since the last empty read.
+        // Whether output may have come since the last read that sent all
+        // that was stored (an empty page, or one not full).
         let mut logs_due = true;
         loop {
             if logs_due {

@@ -10,7 +10,7 @@ use anyhow::bail;
 use hodei_client::Client;
 
 use super::Plan;
-use super::report::Report;
+use super::report::{Report, round3};
 use super::rig::{ServerProcess, job, start_agent};
 
 /// Jobs per batch request.
@@ -81,7 +81,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut r = Report::new("backlog");
     r.set("jobs", n);
     r.set("batch_size", BATCH);
-    r.set("seconds_to_submit", (submit_s * 1000.0).round() / 1000.0);
+    r.set("seconds_to_submit", round3(submit_s));
     r.set("submissions_per_second", submit_rate.round());
     r.set("server_rss_mib_before", mib(rss_before));
     r.set("server_rss_mib_queued", mib(rss_queued));

@@ -10,7 +10,7 @@ use hodei_client::FollowEvent;
 use hodei_core::JobState;
 
 use super::Plan;
-use super::report::Report;
+use super::report::{Report, round3};
 use super::rig::{Rig, job};
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
@@ -69,7 +69,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let follower_rate = mb / follower_s.max(1e-6);
     let stored_rate = mb / (stored_ms as f64 / 1000.0);
     let base_rate = mb / base.as_secs_f64();
-    let ratio = (follower_rate.min(stored_rate) / base_rate * 1000.0).round() / 1000.0;
+    let ratio = round3(follower_rate.min(stored_rate) / base_rate);
     let lost = bytes.saturating_sub(received);
     let mut r = Report::new("logs");
     r.set("bytes", bytes);

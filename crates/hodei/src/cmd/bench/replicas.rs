@@ -30,7 +30,7 @@ use sqlx::Connection;
 use tokio::sync::watch;
 
 use super::Plan;
-use super::report::Report;
+use super::report::{Report, round3};
 use super::rig::{ServerProcess, job, start_agent_on};
 
 /// Concurrent submitting clients.
@@ -176,7 +176,7 @@ fn report(
     for mode in [Mode::Single, Mode::Batch] {
         let of = |k: usize| runs.iter().find(|x| x.replicas == k && x.mode == mode);
         if let (Some(r1), Some(r3)) = (of(1), of(3)) {
-            let ratio = (rate(r3) / rate(r1) * 1000.0).round() / 1000.0;
+            let ratio = round3(rate(r3) / rate(r1));
             r.set(&format!("ratio_3_to_1_{}", mode.name()), ratio);
         }
     }

@@ -38,6 +38,11 @@ pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// Rounds to three decimals.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// A figure against its target.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

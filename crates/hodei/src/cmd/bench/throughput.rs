@@ -11,7 +11,7 @@ use hodei_core::engine::Notice;
 use tokio::sync::broadcast;
 
 use super::Plan;
-use super::report::Report;
+use super::report::{Report, round3};
 use super::rig::{Rig, children_cpu_seconds, cpu_times, job};
 
 /// Concurrent submitting clients, one job per request.
@@ -86,13 +86,13 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let baseline_cpu = children_cpu_seconds() - children0;
     let rate = n as f64 / elapsed.as_secs_f64();
     let base_rate = n as f64 / baseline.as_secs_f64();
-    let ratio = (rate / base_rate * 1000.0).round() / 1000.0;
+    let ratio = round3(rate / base_rate);
     let mut r = Report::new("throughput");
     r.set("jobs", n);
     r.set("slots", plan.slots);
     r.set("jobs_per_request", plan.batch.unwrap_or(1));
     r.set("failed", failed);
-    r.set("seconds", (elapsed.as_secs_f64() * 1000.0).round() / 1000.0);
+    r.set("seconds", round3(elapsed.as_secs_f64()));
     r.set("jobs_per_second", rate.round());
     r.set("baseline_spawns_per_second", base_rate.round());
     r.set("ratio_to_baseline", ratio);
@@ -113,10 +113,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     r.target("ratio_to_baseline", ratio, true, 0.6);
     r.finished_at = finished_at;
     Ok(r)
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// Spawns `n` `true` processes, `parallel` at a time.
