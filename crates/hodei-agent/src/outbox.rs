@@ -49,10 +49,13 @@ use crate::janitor::Janitor;
 use crate::recover::{KillResult, SpoolLock, open_spool, process_record};
 use crate::spool::{AttemptFiles, Meta, Recycled, Recycler};
 
+mod late_sync;
 mod send;
 mod stream;
 mod write;
 
+use late_sync::LateSyncs;
+pub use late_sync::SYNC_AFTER;
 pub use send::MAX_MESSAGE_BYTES;
 use send::wire_result;
 use stream::StreamState;
@@ -65,7 +68,8 @@ struct Entry {
     pid: Option<u32>,
     started_sent: bool,
     streams: [StreamState; 2],
-    /// Set once the result is durable in the spool.
+    /// Set once the result is recorded in the spool (see `late_sync.rs`
+    /// for when it is fsynced).
     result: Option<pb::JobResult>,
     result_sent: bool,
     cancel: watch::Sender<bool>,
@@ -138,6 +142,9 @@ pub struct Outbox {
     /// Retires acknowledged attempts' entries (and, for the runner, job
     /// directories) in the background, in batches.
     janitor: Arc<Janitor>,
+    /// Results recorded without fsync, made durable if not acknowledged
+    /// soon.
+    syncs: Arc<LateSyncs>,
     max_bytes: u64,
     _lock: SpoolLock,
 }
@@ -212,6 +219,7 @@ impl Outbox {
             spool: spool_dir,
             recycler: Arc::new(recycler),
             janitor: Janitor::new(),
+            syncs: Arc::default(),
             max_bytes,
             _lock: lock,
         };
@@ -481,6 +489,7 @@ impl Outbox {
     /// The agent is leaving: finishes deferred clean-up, then deletes the
     /// pool of emptied spool entries.
     pub async fn close(&self) {
+        self.syncs.all_now(&self.janitor);
         self.janitor.settle().await;
         let recycler = self.recycler.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || recycler.clear()).await {
@@ -489,10 +498,17 @@ impl Outbox {
     }
 
     /// The session ended: output that does not fit in memory goes to the
-    /// spool at once (no acknowledgement will make room).
+    /// spool at once (no acknowledgement will make room), and so do
+    /// results waiting for an acknowledgement (made durable now).
     pub fn detach(&self) {
         self.lock().attached = false;
         self.acked.notify_waiters();
+        self.syncs.all_now(&self.janitor);
+    }
+
+    /// Results made durable so far (see `late_sync.rs`).
+    pub fn results_synced(&self) -> u64 {
+        self.syncs.synced()
     }
 
     /// A new session starts: everything unacknowledged is due again.

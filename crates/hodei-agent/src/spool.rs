@@ -209,6 +209,8 @@ struct MetaFile {
     /// was fsynced after it was created, and since then it was only renamed
     /// between those two directories.
     placed: bool,
+    /// The result `meta` holds is known to be on disk.
+    result_synced: bool,
 }
 
 impl MetaFile {
@@ -287,6 +289,7 @@ impl AttemptFiles {
                 spare,
                 entries_durable,
                 placed,
+                result_synced: false,
             }),
         };
         // Not fsynced: see "What is fsynced, and when" above.
@@ -311,6 +314,7 @@ impl AttemptFiles {
                 spare: None,
                 entries_durable: false,
                 placed: false,
+                result_synced: false,
             }),
         })
     }
@@ -333,95 +337,123 @@ impl AttemptFiles {
         self.lock_meta().meta.result.is_some()
     }
 
-    /// Changes the metadata and replaces `meta.json` atomically and durably.
-    pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
-        self.replace_meta(change, true)
-    }
-
     /// Changes the metadata without fsync: the change outlives the agent
     /// process, not the machine. Written in place while there is no result
     /// (see the module documentation), else replaced atomically.
     pub fn update_meta_cached(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
-        self.replace_meta(change, false)
-    }
-
-    fn replace_meta(&self, change: impl FnOnce(&mut Meta), durable: bool) -> io::Result<()> {
         let mut current = self.lock_meta();
         let mut next = current.meta.clone();
         change(&mut next);
-        self.write_meta(&mut current, next, durable)
+        self.write_meta(&mut current, next)
     }
 
-    /// Writes `next` as the metadata (see [`AttemptFiles::replace_meta`]).
-    fn write_meta(&self, current: &mut MetaFile, next: Meta, durable: bool) -> io::Result<()> {
+    /// Writes `next` as the metadata, without fsync. While `meta.json`
+    /// holds no result it is written in place: up to a page when `next`
+    /// has no result either (a write torn by the machine's loss loses
+    /// nothing that was offered), within one sector when it has one (a
+    /// disk writes a sector whole, so a result is never torn). Otherwise it
+    /// goes into the spare file, which then swaps names with `meta.json`.
+    fn write_meta(&self, current: &mut MetaFile, next: Meta) -> io::Result<()> {
         let json = serde_json::to_vec(&next).map_err(io::Error::other)?;
-        // In place while there is no result yet: a write torn by the
-        // machine's loss loses nothing that was offered. A durable write
-        // (the result) must not be torn at all: in place only within one
-        // sector, which the disk writes whole.
-        let limit = if durable { SECTOR } else { IN_PLACE_MAX };
-        if current.meta.result.is_none() && (durable || next.result.is_none()) {
+        let limit = if next.result.is_some() {
+            SECTOR
+        } else {
+            IN_PLACE_MAX
+        };
+        current.result_synced = false;
+        if current.meta.result.is_none() {
             let (file, known) = current.take_file(&self.dir)?;
             if json.len().max(known) <= limit {
                 let len = write_padded(&file, &json, known)?;
-                if durable {
-                    file.sync_data()?;
-                    if !current.entries_durable {
-                        sync_dir(&self.dir)?;
-                        current.entries_durable = true;
-                    }
-                }
                 current.meta = next;
                 current.file = Some((file, len));
                 return Ok(());
             }
             current.file = Some((file, known));
         }
-        // Written into the spare file, which then swaps names with meta.json.
         let tmp = self.dir.join(META_TMP);
         let (spare, known) = match current.spare.take() {
             Some(spare) => spare,
             None => (File::create(&tmp)?, 0),
         };
         let len = write_padded(&spare, &json, known)?;
-        if durable {
-            spare.sync_data()?;
-        }
         let exchanged = swap_into_place(&tmp, &self.dir.join(META_FILE))?;
-        if durable {
-            sync_dir(&self.dir)?;
-            current.entries_durable = true;
-        }
+        // Which file `meta.json` names is on disk only once the
+        // directory is fsynced again.
+        current.entries_durable = false;
         let old = current.file.replace((spare, len));
         current.spare = old.filter(|_| exchanged);
         current.meta = next;
         Ok(())
     }
 
-    /// Makes the attempt's end durable: fsyncs the log files named in
-    /// `unacked` (those holding bytes the orchestrator has not
-    /// acknowledged), writes `change` (the result) into `meta.json` durably,
-    /// then fsyncs the spool directory holding the attempt's directory
-    /// (created without fsync).
-    pub fn make_result_durable(
-        &self,
-        unacked: [bool; 2],
-        change: impl FnOnce(&mut Meta),
-    ) -> io::Result<()> {
-        for (file, dirty) in self.streams.iter().zip(unacked) {
-            if dirty {
-                file.sync_data()?;
-            }
+    /// fsyncs `meta.json` as last written, then the attempt's directory
+    /// unless its entries are known to be on disk, then the spool
+    /// directory unless the attempt's directory is known to be placed.
+    fn sync_meta(&self, current: &mut MetaFile) -> io::Result<()> {
+        if let Some((file, _)) = &current.file {
+            file.sync_data()?;
         }
-        self.update_meta(change)?;
-        let mut current = self.lock_meta();
+        if !current.entries_durable {
+            sync_dir(&self.dir)?;
+            current.entries_durable = true;
+        }
         if !current.placed {
             if let Some(root) = self.dir.parent() {
                 sync_dir(root)?;
             }
             current.placed = true;
         }
+        current.result_synced = current.meta.result.is_some();
         Ok(())
+    }
+
+    /// Records the attempt's end: writes `change` (the result) into
+    /// `meta.json` without fsync. It then outlives the agent process; the
+    /// machine's loss only once [`AttemptFiles::sync_result`] made it
+    /// durable.
+    pub fn record_result(&self, change: impl FnOnce(&mut Meta)) -> io::Result<()> {
+        self.update_meta_cached(change)
+    }
+
+    /// Makes the recorded result durable: fsyncs the log files named in
+    /// `unacked` (those holding bytes the orchestrator has not
+    /// acknowledged), then `meta.json` and the directories as needed (see
+    /// `sync_meta`). Returns false, doing nothing, when `meta.json` holds
+    /// no result (it was acknowledged and cleared meanwhile).
+    pub fn sync_result(&self, unacked: [bool; 2]) -> io::Result<bool> {
+        if !self.has_result() {
+            return Ok(false);
+        }
+        for (file, dirty) in self.streams.iter().zip(unacked) {
+            if dirty {
+                file.sync_data()?;
+            }
+        }
+        let mut current = self.lock_meta();
+        if current.meta.result.is_none() {
+            return Ok(false);
+        }
+        if !current.result_synced {
+            self.sync_meta(&mut current)?;
+        }
+        Ok(true)
+    }
+
+    /// Whether the result in `meta.json` is known to be on disk.
+    pub fn result_synced(&self) -> bool {
+        self.lock_meta().result_synced
+    }
+
+    /// Records the attempt's end and makes it durable at once:
+    /// [`AttemptFiles::record_result`], then [`AttemptFiles::sync_result`].
+    pub fn make_result_durable(
+        &self,
+        unacked: [bool; 2],
+        change: impl FnOnce(&mut Meta),
+    ) -> io::Result<()> {
+        self.record_result(change)?;
+        self.sync_result(unacked).map(|_| ())
     }
 
     /// Records the job's process in `meta.json` without fsync (see
@@ -435,7 +467,7 @@ impl AttemptFiles {
         }
         let mut next = current.meta.clone();
         next.process = Some(process);
-        self.write_meta(&mut current, next, false)
+        self.write_meta(&mut current, next)
     }
 
     /// Rewrites `meta.json` without its result, in place and without fsync:
@@ -456,6 +488,7 @@ impl AttemptFiles {
         let len = write_padded(&file, &json, known)?;
         current.meta = next;
         current.file = Some((file, len));
+        current.result_synced = false;
         Ok(())
     }
 

@@ -127,8 +127,12 @@ impl Outbox {
     }
 
     /// Records the attempt's result: writes the pending dropped-bytes
-    /// markers, fsyncs the logs, writes the result into the spool and only
-    /// then offers it; it is sent after the last log byte.
+    /// markers, writes what memory alone held of the log and then the
+    /// result into the spool, and offers it; it is sent after the last log
+    /// byte. With a session up, nothing is fsynced unless the result is
+    /// still unacknowledged [`super::SYNC_AFTER`] later (see
+    /// `late_sync.rs`); without one, the log and the result are made
+    /// durable before the result is offered.
     pub async fn finish(&self, job_id: &str, mut result: pb::JobResult) {
         let Some(writer) = self.lock().jobs.get(job_id).map(|e| e.writer.clone()) else {
             return;
@@ -144,10 +148,13 @@ impl Outbox {
                 self.write(job_id, s, Bytes::new(), now_ms(), true).await;
             }
         }
-        let Some((files, base, totals, acked, lost, unsaved)) =
-            self.lock().jobs.get(job_id).map(|e| {
+        let owed = {
+            let st = self.lock();
+            let attached = st.attached;
+            st.jobs.get(job_id).map(|e| {
                 let st = &e.streams;
                 (
+                    attached,
                     e.files.clone(),
                     [st[0].base, st[1].base],
                     [st[0].totals(), st[1].totals()],
@@ -156,7 +163,8 @@ impl Outbox {
                     [st[0].unsaved(), st[1].unsaved()],
                 )
             })
-        else {
+        };
+        let Some((attached, files, base, totals, acked, lost, unsaved)) = owed else {
             return;
         };
         for (stream, n) in LogStream::BOTH.iter().zip(lost) {
@@ -183,28 +191,39 @@ impl Outbox {
         let result = wire_result(job_id, result.attempt, base, &record);
         if let Some(files) = files {
             // The bytes the orchestrator has not acknowledged go to the
-            // spool (what memory alone held) and reach the disk, then the
-            // result; the other streams need nothing.
+            // spool (what memory alone held), then the result; only those
+            // streams' files need an fsync to make it durable.
             let unacked = [totals[0].bytes > acked[0], totals[1].bytes > acked[1]];
-            let durable = tokio::task::spawn_blocking(move || {
+            let entry = files.clone();
+            let recorded = tokio::task::spawn_blocking(move || {
                 let written = [
-                    write_chunks(&files, 0, &unsaved[0])?,
-                    write_chunks(&files, 1, &unsaved[1])?,
+                    write_chunks(&entry, 0, &unsaved[0])?,
+                    write_chunks(&entry, 1, &unsaved[1])?,
                 ];
-                files.make_result_durable(unacked, |m| {
+                let change = |m: &mut crate::spool::Meta| {
                     m.acked = acked;
                     m.result = Some(record);
-                })?;
+                };
+                if attached {
+                    entry.record_result(change)?;
+                } else {
+                    entry.make_result_durable(unacked, change)?;
+                }
                 Ok::<_, io::Error>(written)
             })
             .await
             .map_err(io::Error::other)
             .and_then(|r| r);
-            match durable {
+            match recorded {
                 Err(e) => {
-                    error!(job = job_id, error = %e, "cannot make the result durable; sending it anyway");
+                    error!(job = job_id, error = %e, "cannot record the result in the spool; sending it anyway");
                 }
                 Ok(written) => {
+                    if attached {
+                        self.syncs.later(&self.janitor, job_id, &files, unacked);
+                    } else {
+                        self.syncs.count_synced();
+                    }
                     if let Some(e) = self.lock().jobs.get_mut(job_id) {
                         for (sb, range) in e.streams.iter_mut().zip(written) {
                             if let Some((from, to)) = range {
