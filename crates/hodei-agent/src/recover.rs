@@ -2,8 +2,11 @@
 //! a previous agent left in it.
 //!
 //! - **An attempt with a result** in its `meta.json` had ended, and its
-//!   log (every byte the orchestrator had not acknowledged) was written and
-//!   fsynced before the result was. It is offered
+//!   log (every byte the orchestrator had not acknowledged) was written
+//!   before the result was (both fsynced, unless the orchestrator was
+//!   about to acknowledge them: see "What is fsynced, and when" in
+//!   [`crate::spool`]; an entry whose log files fall short of the result's
+//!   totals is discarded, below). It is offered
 //!   again: listed in `Hello.running`, its unacknowledged log (from the
 //!   acknowledged offset in `meta.json`, skipping holes punched since) and
 //!   its result are sent after `Welcome`, and the directory is deleted on
