@@ -175,6 +175,14 @@ impl Outbox {
         let dir = spool_dir.clone();
         let (lock, recovery, recycler) = tokio::task::spawn_blocking(move || {
             let (lock, recovery) = open_spool(&dir)?;
+            // A previous agent may have recorded these results without
+            // fsync (see `late_sync.rs`): durable before they are offered
+            // again, as every result offered without a session is.
+            for r in &recovery.resumed {
+                if let Err(e) = r.files.sync_result([true, true]) {
+                    warn!(job = r.meta.job_id, error = %e, "cannot make a recovered result durable");
+                }
+            }
             // After recovery, which leaves the pool alone: it is emptied here.
             let recycler = Recycler::open(&dir)?;
             Ok::<_, io::Error>((lock, recovery, recycler))

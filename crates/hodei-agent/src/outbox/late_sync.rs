@@ -8,7 +8,9 @@
 //! outlives the agent *process* (the page cache holds it). Only a result
 //! still unacknowledged [`SYNC_AFTER`] later is made durable, so that it
 //! also outlives the *machine* while the orchestrator is slow or away; when
-//! the session ends, every result still waiting is made durable at once.
+//! the session ends, every result still waiting is made durable at once,
+//! and a restarted agent makes the results it finds in the spool durable
+//! before it offers them again ([`super::Outbox::open`]).
 //!
 //! What the machine's loss can do within that window: the result and its
 //! log bytes may reach the disk in any order, or not at all. A restarted
