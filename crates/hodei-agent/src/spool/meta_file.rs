@@ -170,8 +170,8 @@ impl AttemptFiles {
 
     /// Records the job's process in `meta.json` without fsync (see
     /// [`AttemptFiles::update_meta_cached`]), unless the attempt already
-    /// has a result: its process is gone then, and a durable result is
-    /// never rewritten without fsync.
+    /// has a result: its process is gone then, and a recorded result is
+    /// never rewritten.
     pub fn record_process(&self, process: ProcessRecord) -> io::Result<()> {
         let mut current = self.lock_meta();
         if current.meta.result.is_some() {
