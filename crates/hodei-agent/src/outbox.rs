@@ -173,19 +173,23 @@ impl Outbox {
     /// left there.
     pub async fn open(spool_dir: PathBuf, max_bytes: u64) -> io::Result<(Outbox, RecoverySummary)> {
         let dir = spool_dir.clone();
-        let (lock, recovery, recycler) = tokio::task::spawn_blocking(move || {
+        let (lock, recovery, recycler, synced) = tokio::task::spawn_blocking(move || {
             let (lock, recovery) = open_spool(&dir)?;
             // A previous agent may have recorded these results without
             // fsync (see `late_sync.rs`): durable before they are offered
             // again, as every result offered without a session is.
+            let mut synced = 0;
             for r in &recovery.resumed {
-                if let Err(e) = r.files.sync_result([true, true]) {
-                    warn!(job = r.meta.job_id, error = %e, "cannot make a recovered result durable");
+                match r.files.sync_result([true, true]) {
+                    Ok(done) => synced += u64::from(done),
+                    Err(e) => {
+                        warn!(job = r.meta.job_id, error = %e, "cannot make a recovered result durable")
+                    }
                 }
             }
             // After recovery, which leaves the pool alone: it is emptied here.
             let recycler = Recycler::open(&dir)?;
-            Ok::<_, io::Error>((lock, recovery, recycler))
+            Ok::<_, io::Error>((lock, recovery, recycler, synced))
         })
         .await
         .map_err(io::Error::other)??;
@@ -227,7 +231,7 @@ impl Outbox {
             spool: spool_dir,
             recycler: Arc::new(recycler),
             janitor: Janitor::new(),
-            syncs: Arc::default(),
+            syncs: Arc::new(LateSyncs::synced_at_start(synced)),
             max_bytes,
             _lock: lock,
         };

@@ -158,3 +158,23 @@ fn a_recorded_result_is_synced_once_and_not_after_it_was_cleared() {
     assert!(!files.sync_result([true, false]).expect("sync after clear"));
     assert!(!files.result_synced());
 }
+
+#[tokio::test]
+async fn an_unsynced_result_outlives_the_agent_process_and_is_made_durable_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = finished(dir.path(), "crash", true).await;
+    assert_eq!(outbox.results_synced(), 0);
+    // The agent process dies before the acknowledgement: the page cache
+    // still holds the result, and the next agent makes it durable before
+    // offering it again.
+    drop(outbox);
+    let (outbox, recovery) = Outbox::open(dir.path().join("spool"), 1 << 30)
+        .await
+        .expect("reopen");
+    assert_eq!(recovery.resumed, [("crash".to_string(), 1)]);
+    assert_eq!(outbox.results_synced(), 1);
+    outbox.rewind();
+    let results = offered(&outbox).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].exit_code, 7);
+}

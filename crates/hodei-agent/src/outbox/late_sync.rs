@@ -79,6 +79,15 @@ impl LateSyncs {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// No result waiting; `synced` results made durable when the spool
+    /// was opened.
+    pub fn synced_at_start(synced: u64) -> LateSyncs {
+        LateSyncs {
+            synced: Arc::new(AtomicU64::new(synced)),
+            ..LateSyncs::default()
+        }
+    }
+
     /// Results made durable so far.
     pub fn synced(&self) -> u64 {
         self.synced.load(Ordering::Relaxed)
