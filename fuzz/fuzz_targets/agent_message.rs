@@ -35,6 +35,7 @@ fn engine() -> Engine {
             worker_id: "w".into(),
             labels: vec!["linux".into()],
             slots: 2,
+            prefetch: 0,
             running: vec![],
         },
         NOW,

@@ -59,6 +59,7 @@ fn offsets(data: &[u8]) {
                 worker_id: "w".into(),
                 labels: vec![],
                 slots: 1,
+                prefetch: 0,
                 running: vec![],
             },
             Input::Submit {

@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::docker::DockerConfig;
 
 /// How an agent runs.
+/// Assignments an agent queues beyond its slots unless told otherwise.
+pub const DEFAULT_PREFETCH: u32 = 1;
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Orchestrator URLs, e.g. `http://127.0.0.1:50051`: replicas the agent
@@ -17,6 +20,9 @@ pub struct AgentConfig {
     pub name: String,
     pub labels: Vec<String>,
     pub slots: u32,
+    /// Assignments taken beyond `slots`, queued until a slot frees (so the
+    /// next job starts without a round trip to the orchestrator).
+    pub prefetch: u32,
     pub work_dir: PathBuf,
     pub keep_work_dirs: bool,
     /// The log spool; `None`: `<work_dir>/spool`.
@@ -43,6 +49,7 @@ impl AgentConfig {
             name: name.into(),
             labels: Vec::new(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            prefetch: DEFAULT_PREFETCH,
             work_dir: std::env::temp_dir().join("hodei-work"),
             keep_work_dirs: false,
             spool_dir: None,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hodei_core::spec::{DEFAULT_KILL_GRACE_MS, PullPolicy};
 use hodei_core::{LogStream, Outcome};
 use hwp_proto::pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::executor::{ContainerSpec, ExecSpec, Executor, OnStart, OutputChunk, now_ms};
 use crate::mask::{IDLE_FLUSH, OutputFilter};
@@ -24,6 +24,9 @@ use crate::workdir::WorkDirs;
 /// Starts jobs for the session.
 #[derive(Clone)]
 pub struct Runner {
+    /// One permit per slot: an assignment taken beyond the slots
+    /// (prefetch) waits for one before it starts.
+    pub slots: Arc<Semaphore>,
     pub outbox: Arc<Outbox>,
     pub executor: Arc<dyn Executor>,
     /// Runs jobs with an image; `None` when the agent has no Docker engine.
@@ -47,7 +50,20 @@ impl Runner {
         Ok(())
     }
 
-    async fn run(self, a: pb::Assignment, cancel: watch::Receiver<bool>) {
+    async fn run(self, a: pb::Assignment, mut cancel: watch::Receiver<bool>) {
+        // A prefetched assignment waits here for a slot, or for its cancel.
+        let slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => Some(slot.ok()),
+            _ = cancel.wait_for(|c| *c) => None,
+        };
+        let Some(slot) = slot else {
+            tracing::info!(job = %a.job_id, attempt = a.attempt, "job cancelled before it started");
+            let outcome = Outcome::Cancelled;
+            self.outbox
+                .finish(&a.job_id, result(&a.job_id, a.attempt, &outcome))
+                .await;
+            return;
+        };
         let spec = a.spec.clone().unwrap_or_default();
         let job_id = a.job_id.clone();
         let container = (!a.image.is_empty()).then(|| ContainerSpec {
@@ -103,6 +119,8 @@ impl Runner {
             };
             self.execute(exec, cancel, filter).await
         };
+        // Its process is gone: the next job may start.
+        drop(slot);
         tracing::info!(job = %job_id, attempt = a.attempt, ?outcome, "job finished");
         self.outbox
             .finish(&job_id, result(&job_id, a.attempt, &outcome))

@@ -136,6 +136,7 @@ pub async fn run(
     config.labels = advertised_labels(&config.labels, docker.is_some());
     let outbox = Arc::new(outbox);
     let runner = Runner {
+        slots: Arc::new(tokio::sync::Semaphore::new(config.slots as usize)),
         outbox: outbox.clone(),
         executor,
         docker: docker.map(|d| d as Arc<dyn Executor>),
@@ -216,6 +217,7 @@ async fn session(
         labels: Vec::new(),
         running: outbox.attempts(),
         protocol_version: hwp_proto::PROTOCOL_VERSION,
+        prefetch: config.prefetch,
     };
     if tx.send(message(Body::Hello(hello))).await.is_err() {
         return SessionEnd::Lost("session closed before Hello".into());
@@ -319,7 +321,9 @@ async fn handle(
             let (job_id, attempt) = (a.job_id.clone(), a.attempt);
             let refused = if draining {
                 Err("agent is draining".to_string())
-            } else if runner.outbox.running() >= config.slots as usize {
+            } else if runner.outbox.running()
+                >= config.slots.saturating_add(config.prefetch) as usize
+            {
                 Err("no free slot".to_string())
             } else {
                 tracing::info!(job = %job_id, attempt, command = ?a.command, "starting job");

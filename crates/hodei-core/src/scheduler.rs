@@ -6,10 +6,13 @@
 //! no worker gets more jobs than its free slots; a draining worker gets none.
 //! A job that fits no worker does not block the jobs behind it. Among the
 //! workers that fit, the one with the most free slots wins (spreads load),
-//! ties broken by worker id so decisions are reproducible.
+//! ties broken by worker id so decisions are reproducible. A worker may also
+//! take assignments beyond its free slots, queued until a slot frees
+//! (prefetch: the agent starts the next job without a round trip to the
+//! orchestrator); that room is used only for jobs that found no free slot.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// The key that orders the queue: priority descending, then FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,6 +44,8 @@ pub struct WorkerView {
     pub id: String,
     pub labels: BTreeSet<String>,
     pub free_slots: u32,
+    /// Assignments it takes beyond its free slots, queued on the agent.
+    pub queue_room: u32,
     pub draining: bool,
 }
 
@@ -51,19 +56,35 @@ pub struct Placement {
     pub worker: String,
 }
 
-/// Places as many queued jobs as the workers' free slots allow.
+/// Places as many queued jobs as the workers' free slots allow, then, for
+/// the jobs left, as many as their queue room allows.
 ///
-/// `queue` is walked in key order. The walk stops as soon as no worker has a
-/// free slot, so a long backlog costs nothing while the fleet is busy.
+/// `queue` is walked in key order. A walk stops as soon as no worker has
+/// room, so a long backlog costs nothing while the fleet is busy.
 pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> Vec<Placement> {
+    let mut out = place_by(queue.values(), workers, |w| w.free_slots);
+    if workers.iter().any(|w| !w.draining && w.queue_room > 0) {
+        let placed: HashSet<String> = out.iter().map(|p| p.job.clone()).collect();
+        let rest = queue.values().filter(|j| !placed.contains(&j.id));
+        out.extend(place_by(rest, workers, |w| w.queue_room));
+    }
+    out
+}
+
+/// One walk: each job goes to the fitting worker with the most `room`.
+fn place_by<'a>(
+    jobs: impl Iterator<Item = &'a QueuedJob>,
+    workers: &[WorkerView],
+    room: impl Fn(&WorkerView) -> u32,
+) -> Vec<Placement> {
     let mut free: Vec<(usize, u32)> = workers
         .iter()
         .enumerate()
-        .filter(|(_, w)| !w.draining && w.free_slots > 0)
-        .map(|(i, w)| (i, w.free_slots))
+        .filter(|(_, w)| !w.draining && room(w) > 0)
+        .map(|(i, w)| (i, room(w)))
         .collect();
     let mut out = Vec::new();
-    for job in queue.values() {
+    for job in jobs {
         if free.is_empty() {
             break;
         }
@@ -100,6 +121,7 @@ mod tests {
             id: id.into(),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             free_slots: free,
+            queue_room: 0,
             draining: false,
         }
     }
@@ -181,5 +203,59 @@ mod tests {
         let q = queue(&[("a", 0, 1, &[])]);
         let p = place(&q, &[worker("wb", &[], 2), worker("wa", &[], 2)]);
         assert_eq!(pairs(&p), vec![("a", "wa")]);
+    }
+
+    #[test]
+    fn queue_room_is_used_only_for_jobs_that_found_no_free_slot() {
+        let q = queue(&[
+            ("a", 0, 1, &[]),
+            ("b", 0, 2, &[]),
+            ("c", 0, 3, &[]),
+            ("d", 0, 4, &[]),
+        ]);
+        let busy = WorkerView {
+            queue_room: 2,
+            ..worker("busy", &[], 0)
+        };
+        let idle = WorkerView {
+            queue_room: 1,
+            ..worker("idle", &[], 1)
+        };
+        let p = place(&q, &[busy.clone(), idle.clone()]);
+        // The free slot first; then the most room; then the rest of it.
+        assert_eq!(
+            pairs(&p),
+            vec![("a", "idle"), ("b", "busy"), ("c", "busy"), ("d", "idle")]
+        );
+        // Without room, only the free slot.
+        let none = [
+            WorkerView {
+                queue_room: 0,
+                ..busy
+            },
+            WorkerView {
+                queue_room: 0,
+                ..idle
+            },
+        ];
+        assert_eq!(pairs(&place(&q, &none)), vec![("a", "idle")]);
+    }
+
+    #[test]
+    fn queue_room_respects_labels_and_draining() {
+        let q = queue(&[("gpu", 0, 1, &["gpu"]), ("any", 0, 2, &[])]);
+        let draining = WorkerView {
+            queue_room: 4,
+            draining: true,
+            ..worker("gpu-box", &["gpu"], 0)
+        };
+        let plain = WorkerView {
+            queue_room: 4,
+            ..worker("plain", &[], 0)
+        };
+        assert_eq!(
+            pairs(&place(&q, &[draining, plain])),
+            vec![("any", "plain")]
+        );
     }
 }

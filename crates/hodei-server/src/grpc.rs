@@ -287,6 +287,7 @@ impl WorkerService for HwpService {
                 worker_id: reg.worker_id.clone(),
                 labels,
                 slots: reg.slots.max(1),
+                prefetch: hello.prefetch,
                 running,
             })
             .await?;

@@ -114,6 +114,7 @@ mod tests {
             worker_id: worker.into(),
             labels: vec![],
             slots: 1,
+            prefetch: 0,
             running: vec![],
         }
     }

@@ -103,6 +103,8 @@ pub enum Input {
         worker_id: String,
         labels: Vec<String>,
         slots: u32,
+        /// Assignments it takes beyond its slots, queued until one frees.
+        prefetch: u32,
         running: Vec<AttemptRef>,
     },
     /// An agent's session ended (stream closed or broken).

@@ -18,6 +18,8 @@ mod replica;
 mod workers;
 
 pub use io::*;
+use workers::Capacity;
+pub use workers::MAX_PREFETCH;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -42,6 +44,9 @@ struct LiveJob {
 struct Worker {
     labels: BTreeSet<String>,
     slots: u32,
+    /// Assignments its agent queues beyond its slots (0 for agents that
+    /// do not say: they reject what they cannot start).
+    prefetch: u32,
     session: Option<SessionId>,
     /// Job ids of the attempts it holds (assigned or running).
     jobs: BTreeSet<String>,
@@ -207,8 +212,12 @@ impl Engine {
                 worker_id,
                 labels,
                 slots,
+                prefetch,
                 running,
-            } => self.attach(session, worker_id, labels, slots, running, now, out),
+            } => {
+                let capacity = Capacity { slots, prefetch };
+                self.attach(session, worker_id, labels, capacity, running, now, out)
+            }
             Input::Detach { session } => self.detach(session, now, out),
             Input::Heartbeat { session } => self.touch(session, now),
             Input::Drain { session } => self.drain(session, now, out),

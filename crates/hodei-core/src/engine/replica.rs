@@ -184,6 +184,7 @@ mod tests {
                 worker_id: "w".into(),
                 labels: vec![],
                 slots,
+                prefetch: 0,
                 running: vec![],
             },
             0,

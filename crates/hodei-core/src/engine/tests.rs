@@ -40,6 +40,7 @@ fn attach(session: SessionId, worker: &str, labels: &[&str], slots: u32) -> Inpu
         worker_id: worker.into(),
         labels: labels.iter().map(|s| s.to_string()).collect(),
         slots,
+        prefetch: 0,
         running: vec![],
     }
 }
@@ -495,6 +496,7 @@ fn an_agent_back_within_the_grace_keeps_its_job() {
                 worker_id: "w".into(),
                 labels: vec![],
                 slots: 1,
+                prefetch: 0,
                 running: vec![AttemptRef {
                     job_id: "j".into(),
                     attempt: 1,
@@ -542,6 +544,7 @@ fn an_agent_back_without_its_jobs_requeues_unstarted_and_loses_started_ones() {
             worker_id: "w".into(),
             labels: vec![],
             slots: 2,
+            prefetch: 0,
             running: vec![AttemptRef {
                 job_id: "ghost".into(),
                 attempt: 3,
@@ -594,6 +597,7 @@ fn recovery_restores_queue_and_running_jobs() {
                 worker_id: "w".into(),
                 labels: vec![],
                 slots: 2,
+                prefetch: 0,
                 running: vec![AttemptRef {
                     job_id: "r".into(),
                     attempt: 1,
@@ -788,4 +792,26 @@ fn a_checksum_mismatch_is_recorded_with_the_result() {
             .contains("stdout log differs"),
         "{job:?}"
     );
+}
+
+#[test]
+fn a_worker_with_prefetch_takes_that_many_jobs_beyond_its_slots() {
+    let mut e = engine();
+    let mut with = attach(1, "w", &[], 1);
+    if let Input::Attach { prefetch, .. } = &mut with {
+        *prefetch = 1;
+    }
+    let subs = (1..=3)
+        .map(|i| submit(i, &format!("j{i}"), JobSpec::command(["true"])))
+        .collect();
+    batch(&mut e, 0, vec![with]);
+    let out = batch(&mut e, 0, subs);
+    // One slot and one queued: two assignments; the third job waits.
+    let got: Vec<String> = assigned(&out).into_iter().map(|(_, j, _)| j).collect();
+    assert_eq!(got, ["j1", "j2"]);
+    assert_eq!(e.live_job("j3").map(|j| j.state), Some(JobState::Queued));
+    // The first result frees room for the third.
+    let out = batch(&mut e, 1, vec![result(1, "j1", 1, 0)]);
+    let got: Vec<String> = assigned(&out).into_iter().map(|(_, j, _)| j).collect();
+    assert_eq!(got, ["j3"]);
 }

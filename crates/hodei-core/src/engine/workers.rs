@@ -10,6 +10,17 @@ use crate::job::{JobEvent, JobState, Millis};
 use crate::scheduler::{WorkerView, place};
 use crate::spec::validate_worker_id;
 
+/// Most assignments a worker may queue beyond its slots.
+pub const MAX_PREFETCH: u32 = 1024;
+
+/// How many jobs an agent runs at once, and how many more it takes,
+/// queued until a slot frees.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Capacity {
+    pub slots: u32,
+    pub prefetch: u32,
+}
+
 impl Engine {
     pub(super) fn session_of(&self, worker: Option<&str>) -> Option<SessionId> {
         worker
@@ -71,6 +82,7 @@ impl Engine {
             .or_insert_with(|| Worker {
                 labels: BTreeSet::new(),
                 slots: 0,
+                prefetch: 0,
                 session: None,
                 jobs: BTreeSet::new(),
                 draining: false,
@@ -109,7 +121,7 @@ impl Engine {
         session: SessionId,
         worker_id: String,
         labels: Vec<String>,
-        slots: u32,
+        capacity: Capacity,
         running: Vec<AttemptRef>,
         now: Millis,
         out: &mut Output,
@@ -117,7 +129,8 @@ impl Engine {
         let w = self.worker_entry(&worker_id, now);
         let replaced = w.session.replace(session);
         w.labels = labels.into_iter().collect();
-        w.slots = slots.max(1);
+        w.slots = capacity.slots.max(1);
+        w.prefetch = capacity.prefetch.min(MAX_PREFETCH);
         w.draining = false;
         w.last_seen = now;
         let held: Vec<String> = w.jobs.iter().cloned().collect();
@@ -274,11 +287,17 @@ impl Engine {
             .workers
             .iter()
             .filter(|(_, w)| w.session.is_some())
-            .map(|(id, w)| WorkerView {
-                id: id.clone(),
-                labels: w.labels.clone(),
-                free_slots: w.slots.saturating_sub(w.jobs.len() as u32),
-                draining: w.draining,
+            .map(|(id, w)| {
+                let held = w.jobs.len() as u32;
+                let free_slots = w.slots.saturating_sub(held);
+                WorkerView {
+                    id: id.clone(),
+                    labels: w.labels.clone(),
+                    free_slots,
+                    queue_room: w.slots.saturating_add(w.prefetch).saturating_sub(held)
+                        - free_slots,
+                    draining: w.draining,
+                }
             })
             .collect();
         for p in place(&self.queue, &views) {

@@ -117,6 +117,12 @@ pub struct AgentArgs {
     /// Jobs run at once; defaults to the number of CPUs.
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Assignments taken beyond the slots, queued and started as slots
+    /// free, so short jobs start without a round trip to the orchestrator
+    /// (0: none). A queued job waits for this agent's slots even if
+    /// another agent frees one first.
+    #[arg(long, env = "HODEI_PREFETCH", default_value_t = hodei_agent::config::DEFAULT_PREFETCH)]
+    pub prefetch: u32,
     /// Per-job working directories are made under this one.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -183,6 +189,7 @@ impl AgentArgs {
         if let Some(slots) = self.slots {
             config.slots = slots.max(1);
         }
+        config.prefetch = self.prefetch.min(hodei_core::engine::MAX_PREFETCH);
         config.work_dir = self
             .work_dir
             .clone()

@@ -148,6 +148,7 @@ impl SimAgent {
             labels: Vec::new(),
             running: Vec::new(),
             protocol_version: hwp_proto::PROTOCOL_VERSION,
+            prefetch: 0,
         };
         tx.send(message(Body::Hello(hello))).await?;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
