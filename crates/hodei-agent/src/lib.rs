@@ -28,6 +28,7 @@ pub mod recover;
 pub mod runner;
 pub mod servers;
 pub mod session;
+pub mod slots;
 pub mod spawn;
 pub mod spool;
 pub mod tls;

@@ -14,19 +14,20 @@ use std::time::Duration;
 use hodei_core::spec::{DEFAULT_KILL_GRACE_MS, PullPolicy};
 use hodei_core::{LogStream, Outcome};
 use hwp_proto::pb;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::executor::{ContainerSpec, ExecSpec, Executor, OnStart, OutputChunk, now_ms};
 use crate::mask::{IDLE_FLUSH, OutputFilter};
 use crate::outbox::{Outbox, SpoolPlan};
+use crate::slots::{Slots, Turn};
 use crate::workdir::WorkDirs;
 
 /// Starts jobs for the session.
 #[derive(Clone)]
 pub struct Runner {
-    /// One permit per slot: an assignment taken beyond the slots
-    /// (prefetch) waits for one before it starts.
-    pub slots: Arc<Semaphore>,
+    /// The slots: an assignment taken beyond them (prefetch) waits for
+    /// one, in the order assignments arrived, before it starts.
+    pub slots: Arc<Slots>,
     pub outbox: Arc<Outbox>,
     pub executor: Arc<dyn Executor>,
     /// Runs jobs with an image; `None` when the agent has no Docker engine.
@@ -45,15 +46,16 @@ impl Runner {
             .outbox
             .add(&a.job_id, a.attempt, [a.stdout_offset, a.stderr_offset])
             .ok_or_else(|| format!("job {} is already running here", a.job_id))?;
+        let turn = self.slots.line_up();
         let runner = self.clone();
-        tokio::spawn(async move { runner.run(a, cancel).await });
+        tokio::spawn(async move { runner.run(a, cancel, turn).await });
         Ok(())
     }
 
-    async fn run(self, a: pb::Assignment, mut cancel: watch::Receiver<bool>) {
+    async fn run(self, a: pb::Assignment, mut cancel: watch::Receiver<bool>, turn: Turn) {
         // A prefetched assignment waits here for a slot, or for its cancel.
         let slot = tokio::select! {
-            slot = self.slots.clone().acquire_owned() => Some(slot.ok()),
+            slot = turn.slot() => Some(slot),
             _ = cancel.wait_for(|c| *c) => None,
         };
         let Some(slot) = slot else {

@@ -136,7 +136,7 @@ pub async fn run(
     config.labels = advertised_labels(&config.labels, docker.is_some());
     let outbox = Arc::new(outbox);
     let runner = Runner {
-        slots: Arc::new(tokio::sync::Semaphore::new(config.slots as usize)),
+        slots: Arc::new(crate::slots::Slots::new(config.slots)),
         outbox: outbox.clone(),
         executor,
         docker: docker.map(|d| d as Arc<dyn Executor>),

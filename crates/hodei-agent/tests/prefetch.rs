@@ -78,10 +78,7 @@ async fn a_prefetched_job_waits_for_the_slot_and_can_be_cancelled_unstarted() {
         Arc::new(ProcessExecutor::new()),
         drain_rx,
     ));
-    let mut s = tokio::time::timeout(DEADLINE, sessions.recv())
-        .await
-        .expect("agent dials")
-        .expect("session");
+    let mut s = support::dialled(&mut sessions).await;
     let A::Hello(hello) = s.next().await else {
         panic!("Hello first")
     };

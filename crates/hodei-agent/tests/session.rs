@@ -58,10 +58,7 @@ async fn job_resend_shutdown_and_redial() {
         drain_rx,
     ));
 
-    let mut s = tokio::time::timeout(DEADLINE, sessions.recv())
-        .await
-        .expect("agent dials")
-        .expect("session");
+    let mut s = support::dialled(&mut sessions).await;
     let A::Hello(hello) = s.recv().await else {
         panic!("Hello first")
     };
@@ -113,10 +110,7 @@ async fn job_resend_shutdown_and_redial() {
     }))
     .await;
     let gone = Instant::now();
-    let mut s2 = tokio::time::timeout(DEADLINE, sessions.recv())
-        .await
-        .expect("agent redials")
-        .expect("session");
+    let mut s2 = support::dialled(&mut sessions).await;
     assert!(gone.elapsed() < Duration::from_secs(5));
     drop(s);
     let A::Hello(hello) = s2.recv().await else {

@@ -146,3 +146,11 @@ pub async fn fake_server() -> (String, mpsc::UnboundedReceiver<Session>) {
     );
     (format!("http://{addr}"), rx)
 }
+
+/// The agent's next session: it dialled within the deadline.
+pub async fn dialled(sessions: &mut mpsc::UnboundedReceiver<Session>) -> Session {
+    tokio::time::timeout(DEADLINE, sessions.recv())
+        .await
+        .expect("agent dials")
+        .expect("session")
+}
