@@ -432,7 +432,7 @@ impl Outbox {
     /// The agent is leaving: finishes deferred clean-up, then deletes the
     /// pool of emptied spool entries.
     pub async fn close(&self) {
-        self.syncs.all_now(&self.janitor);
+        self.syncs.all_now();
         self.janitor.settle().await;
         let recycler = self.recycler.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || recycler.clear()).await {
@@ -446,7 +446,7 @@ impl Outbox {
     pub fn detach(&self) {
         self.lock().attached = false;
         self.acked.notify_waiters();
-        self.syncs.all_now(&self.janitor);
+        self.syncs.all_now();
     }
 
     /// Results made durable so far (see `late_sync.rs`).

@@ -3,15 +3,13 @@
 //! session drops (resending the unacknowledged output and result there),
 //! and after a `Shutdown` dials another URL than the one that shut down.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_agent::AgentConfig;
-use hodei_agent::process::ProcessExecutor;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body as A;
 use hwp_proto::pb::server_message::Body as S;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 mod support;
 
@@ -65,12 +63,7 @@ async fn the_agent_fails_over_between_its_servers() {
     config.slots = 1;
     config.backoff_min = Duration::from_millis(10);
     config.backoff_max = Duration::from_millis(50);
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let agent = tokio::spawn(hodei_agent::run(
-        config,
-        Arc::new(ProcessExecutor::new()),
-        drain_rx,
-    ));
+    let (agent, drain_tx) = support::start_agent(config);
 
     // The first URL is dead: the agent goes on to A.
     let mut a = attach(&mut at_a, "A after the dead URL").await;

@@ -3,14 +3,11 @@
 //! when asked, and rejects a third.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use hodei_agent::AgentConfig;
-use hodei_agent::process::ProcessExecutor;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body as A;
 use hwp_proto::pb::server_message::Body as S;
-use tokio::sync::watch;
 
 mod support;
 
@@ -72,12 +69,7 @@ async fn a_prefetched_job_waits_for_the_slot_and_can_be_cancelled_unstarted() {
     config.work_dir = dir.path().join("work");
     config.slots = 1;
     config.prefetch = 1;
-    let (_drain_tx, drain_rx) = watch::channel(false);
-    let agent = tokio::spawn(hodei_agent::run(
-        config,
-        Arc::new(ProcessExecutor::new()),
-        drain_rx,
-    ));
+    let (agent, _drain_tx) = support::start_agent(config);
     let mut s = support::dialled(&mut sessions).await;
     let A::Hello(hello) = s.next().await else {
         panic!("Hello first")

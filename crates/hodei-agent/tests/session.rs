@@ -1,15 +1,12 @@
 //! The agent against a scripted fake orchestrator: a job's pid, logs,
 //! totals, a `resend`, a server `Shutdown` and the redial after it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hodei_agent::AgentConfig;
-use hodei_agent::process::ProcessExecutor;
 use hwp_proto::pb;
 use hwp_proto::pb::agent_message::Body as A;
 use hwp_proto::pb::server_message::Body as S;
-use tokio::sync::watch;
 
 mod support;
 
@@ -51,12 +48,7 @@ async fn job_resend_shutdown_and_redial() {
     config.backoff_min = Duration::from_millis(10);
     config.backoff_max = Duration::from_millis(50);
     let spool = config.spool_dir();
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let agent = tokio::spawn(hodei_agent::run(
-        config,
-        Arc::new(ProcessExecutor::new()),
-        drain_rx,
-    ));
+    let (agent, drain_tx) = support::start_agent(config);
 
     let mut s = support::dialled(&mut sessions).await;
     let A::Hello(hello) = s.recv().await else {

@@ -12,7 +12,7 @@
 //! orchestrator); that room is used only for jobs that found no free slot.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The key that orders the queue: priority descending, then FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,32 +62,36 @@ pub struct Placement {
 /// `queue` is walked in key order. A walk stops as soon as no worker has
 /// room, so a long backlog costs nothing while the fleet is busy.
 pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> Vec<Placement> {
-    let mut out = place_by(queue.values(), workers, |w| w.free_slots);
+    let mut out = Vec::new();
+    let mut walk = queue.values();
+    let skipped = place_by(&mut walk, workers, |w| w.free_slots, &mut out);
     if workers.iter().any(|w| !w.draining && w.queue_room > 0) {
-        let placed: HashSet<String> = out.iter().map(|p| p.job.clone()).collect();
-        let rest = queue.values().filter(|j| !placed.contains(&j.id));
-        out.extend(place_by(rest, workers, |w| w.queue_room));
+        // The jobs the first walk passed over, then those it did not reach,
+        // still in key order.
+        let mut rest = skipped.into_iter().chain(walk);
+        place_by(&mut rest, workers, |w| w.queue_room, &mut out);
     }
     out
 }
 
-/// One walk: each job goes to the fitting worker with the most `room`.
+/// One walk: each job goes to the fitting worker with the most `room`,
+/// until no worker has room left (the jobs after that are not taken from
+/// `jobs`). Returns the jobs it took but could not place.
 fn place_by<'a>(
-    jobs: impl Iterator<Item = &'a QueuedJob>,
+    jobs: &mut impl Iterator<Item = &'a QueuedJob>,
     workers: &[WorkerView],
     room: impl Fn(&WorkerView) -> u32,
-) -> Vec<Placement> {
+    out: &mut Vec<Placement>,
+) -> Vec<&'a QueuedJob> {
     let mut free: Vec<(usize, u32)> = workers
         .iter()
         .enumerate()
         .filter(|(_, w)| !w.draining && room(w) > 0)
         .map(|(i, w)| (i, room(w)))
         .collect();
-    let mut out = Vec::new();
-    for job in jobs {
-        if free.is_empty() {
-            break;
-        }
+    let mut skipped = Vec::new();
+    while !free.is_empty() {
+        let Some(job) = jobs.next() else { break };
         let fits = |i: usize| job.requires.iter().all(|l| workers[i].labels.contains(l));
         let best = free
             .iter()
@@ -98,7 +102,10 @@ fn place_by<'a>(
                     .then_with(|| workers[*ib].id.cmp(&workers[*ia].id))
             })
             .map(|(pos, _)| pos);
-        let Some(pos) = best else { continue };
+        let Some(pos) = best else {
+            skipped.push(job);
+            continue;
+        };
         let (wi, slots) = &mut free[pos];
         out.push(Placement {
             job: job.id.clone(),
@@ -109,7 +116,7 @@ fn place_by<'a>(
             free.swap_remove(pos);
         }
     }
-    out
+    skipped
 }
 
 #[cfg(test)]
@@ -256,6 +263,26 @@ mod tests {
         assert_eq!(
             pairs(&place(&q, &[draining, plain])),
             vec![("any", "plain")]
+        );
+    }
+
+    #[test]
+    fn queue_room_takes_the_jobs_passed_over_first_then_those_not_reached() {
+        let q = queue(&[
+            ("gpu", 0, 1, &["gpu"]),
+            ("any", 0, 2, &[]),
+            ("any2", 0, 3, &[]),
+        ]);
+        let gpu_box = WorkerView {
+            queue_room: 2,
+            ..worker("gpu-box", &["gpu"], 0)
+        };
+        let plain = worker("plain", &[], 1);
+        // "gpu" finds no free slot and is passed over; "any" takes the one
+        // free slot; "any2" is not reached. Then both, in key order.
+        assert_eq!(
+            pairs(&place(&q, &[gpu_box, plain])),
+            vec![("any", "plain"), ("gpu", "gpu-box"), ("any2", "gpu-box")]
         );
     }
 }

@@ -57,9 +57,10 @@ struct Queue {
 }
 
 /// Results recorded without fsync, waiting for their acknowledgement.
-#[derive(Default)]
 pub(super) struct LateSyncs {
     queue: Mutex<Queue>,
+    /// Does the fsyncs, on its blocking thread.
+    janitor: Arc<Janitor>,
     /// Results made durable (at once or late), for tests and diagnostics.
     synced: Arc<AtomicU64>,
 }
@@ -81,10 +82,11 @@ impl LateSyncs {
 
     /// No result waiting; `synced` results made durable when the spool
     /// was opened.
-    pub fn synced_at_start(synced: u64) -> LateSyncs {
+    pub fn new(janitor: Arc<Janitor>, synced: u64) -> LateSyncs {
         LateSyncs {
+            queue: Mutex::default(),
+            janitor,
             synced: Arc::new(AtomicU64::new(synced)),
-            ..LateSyncs::default()
         }
     }
 
@@ -100,13 +102,7 @@ impl LateSyncs {
 
     /// Makes `files`' result durable after [`SYNC_AFTER`] unless it was
     /// acknowledged (and retired) by then. Call from within a runtime.
-    pub fn later(
-        self: &Arc<Self>,
-        janitor: &Arc<Janitor>,
-        job: &str,
-        files: &Arc<AttemptFiles>,
-        unacked: [bool; 2],
-    ) {
+    pub fn later(self: &Arc<Self>, job: &str, files: &Arc<AttemptFiles>, unacked: [bool; 2]) {
         let start = {
             let mut q = self.lock();
             q.pending.push_back(Pending {
@@ -118,20 +114,20 @@ impl LateSyncs {
             !std::mem::replace(&mut q.timer, true)
         };
         if start {
-            tokio::spawn(self.clone().wait(janitor.clone()));
+            tokio::spawn(self.clone().wait());
         }
     }
 
     /// Makes every waiting result durable now (the session ended, or the
     /// agent is leaving): hands them to the janitor.
-    pub fn all_now(&self, janitor: &Arc<Janitor>) {
+    pub fn all_now(&self) {
         let all: Vec<Pending> = self.lock().pending.drain(..).collect();
-        self.sync(janitor, all);
+        self.sync(all);
     }
 
     /// The timer: sleeps until the first pending result is due, hands what
     /// is due to the janitor, and ends when nothing is pending.
-    async fn wait(self: Arc<Self>, janitor: Arc<Janitor>) {
+    async fn wait(self: Arc<Self>) {
         loop {
             let first = {
                 let mut q = self.lock();
@@ -150,18 +146,18 @@ impl LateSyncs {
                 let n = q.pending.iter().take_while(|p| p.due <= now).count();
                 q.pending.drain(..n).collect()
             };
-            self.sync(&janitor, due);
+            self.sync(due);
         }
     }
 
-    fn sync(&self, janitor: &Arc<Janitor>, due: Vec<Pending>) {
+    fn sync(&self, due: Vec<Pending>) {
         if due.is_empty() {
             return;
         }
         let synced = self.synced.clone();
         // On the janitor's thread, after the retirements queued before:
         // an entry acknowledged by then is gone and skipped.
-        janitor.defer(move || {
+        self.janitor.defer(move || {
             for p in due {
                 let Some(files) = p.files.upgrade() else {
                     continue;

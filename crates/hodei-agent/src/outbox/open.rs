@@ -73,14 +73,15 @@ impl Outbox {
                 .push((r.meta.job_id.clone(), r.meta.attempt));
             state.jobs.insert(r.meta.job_id, e);
         }
+        let janitor = Janitor::new();
         let outbox = Outbox {
             state: Mutex::new(state),
             ready: Notify::new(),
             acked: Notify::new(),
             spool: spool_dir,
             recycler: Arc::new(recycler),
-            janitor: Janitor::new(),
-            syncs: Arc::new(LateSyncs::synced_at_start(synced)),
+            syncs: Arc::new(LateSyncs::new(janitor.clone(), synced)),
+            janitor,
             max_bytes,
             _lock: lock,
         };

@@ -220,7 +220,12 @@ impl Outbox {
                 }
                 Ok(written) => {
                     if attached {
-                        self.syncs.later(&self.janitor, job_id, &files, unacked);
+                        self.syncs.later(job_id, &files, unacked);
+                        // A session that ended meanwhile flushed what was
+                        // waiting before this result joined it.
+                        if !self.lock().attached {
+                            self.syncs.all_now();
+                        }
                     } else {
                         self.syncs.count_synced();
                     }

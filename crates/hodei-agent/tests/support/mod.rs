@@ -154,3 +154,17 @@ pub async fn dialled(sessions: &mut mpsc::UnboundedReceiver<Session>) -> Session
         .expect("agent dials")
         .expect("session")
 }
+
+/// Runs an agent with the process executor in the background: its task,
+/// and the switch that drains it (send `true`).
+pub fn start_agent(
+    config: hodei_agent::AgentConfig,
+) -> (
+    tokio::task::JoinHandle<Result<(), hodei_agent::AgentError>>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let executor = std::sync::Arc::new(hodei_agent::process::ProcessExecutor::new());
+    let agent = tokio::spawn(hodei_agent::run(config, executor, drain_rx));
+    (agent, drain_tx)
+}
