@@ -1,12 +1,14 @@
 //! `hodei`: the orchestrator, the worker agent and the CLI in one binary.
 
 mod cmd;
+mod malloc;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = cmd::Cli::parse();
     cmd::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
