@@ -323,6 +323,23 @@ async fn dashboard_in_a_real_browser() {
         assert!(row_text.contains(want), "{want:?} not in {row_text:?}");
     }
     screenshot(&browser, "workers").await;
+    // Four long jobs on three slots: the agent (prefetch 1 by default)
+    // holds the fourth, waiting for a slot; the row updates live.
+    let sleepers: Vec<String> = (1..=4).map(|i| format!("browser-sleep-{i}")).collect();
+    for id in &sleepers {
+        let job = SubmitRequest {
+            id: Some(id.clone()),
+            command: vec!["sleep".into(), "30".into()],
+            ..SubmitRequest::default()
+        };
+        client.submit(&job).await.expect("submit");
+    }
+    wait_text(&browser, &format!("{agent_row} td.slots"), "3/3 +1 waiting").await;
+    screenshot(&browser, "workers-waiting").await;
+    for id in &sleepers {
+        client.cancel(id).await.expect("cancel");
+    }
+    wait_text(&browser, &format!("{agent_row} td.slots"), "0/3").await;
 
     // 5. The overview counts what happened.
     open_live(&browser, &base, "/ui").await;

@@ -214,6 +214,11 @@ pub struct WorkerInfo {
     pub id: String,
     pub labels: Vec<String>,
     pub slots: u32,
+    /// Assignments it takes beyond its slots, each waiting on the agent
+    /// for a slot to free (0 when the agent did not ask for any).
+    #[serde(default)]
+    pub prefetch: u32,
+    /// The jobs it holds: at most `slots` run, the rest wait for a slot.
     pub running: Vec<String>,
     /// ready | busy | draining | offline
     pub state: String,

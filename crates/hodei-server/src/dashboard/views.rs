@@ -125,7 +125,10 @@ pub struct WorkerRow {
     pub state: String,
     pub labels: Vec<String>,
     pub slots: u32,
+    /// Slots in use.
     pub used: usize,
+    /// Jobs held beyond the slots (prefetched), waiting for one.
+    pub waiting: usize,
     pub running: Vec<String>,
     pub last_seen_ms: Millis,
     pub last_seen: String,
@@ -138,7 +141,8 @@ impl WorkerRow {
             state: w.state.clone(),
             labels: w.labels.clone(),
             slots: w.slots,
-            used: w.running.len(),
+            used: w.running.len().min(w.slots as usize),
+            waiting: w.running.len().saturating_sub(w.slots as usize),
             running: w.running.clone(),
             last_seen_ms: w.last_seen,
             last_seen: fmt_utc(w.last_seen),
@@ -208,6 +212,24 @@ mod tests {
     fn commands_are_quoted_for_display() {
         let argv = ["sh", "-c", "echo 'hi' > x"].map(String::from);
         assert_eq!(shell_words(&argv), r#"sh -c 'echo '\''hi'\'' > x'"#);
+    }
+
+    #[test]
+    fn jobs_held_beyond_the_slots_are_shown_waiting() {
+        let mut w = WorkerInfo {
+            id: "w".into(),
+            labels: Vec::new(),
+            slots: 2,
+            prefetch: 1,
+            running: vec!["a".into(), "b".into(), "c".into()],
+            state: "busy".into(),
+            last_seen: 0,
+        };
+        let row = WorkerRow::of(&w);
+        assert_eq!((row.used, row.waiting), (2, 1));
+        w.running.truncate(1);
+        let row = WorkerRow::of(&w);
+        assert_eq!((row.used, row.waiting), (1, 0));
     }
 
     #[test]

@@ -230,7 +230,12 @@ pub struct WorkerInfoSchema {
     labels: Vec<String>,
     /// Jobs it runs at once.
     slots: u32,
-    /// Ids of the jobs it holds (slots in use).
+    /// Assignments it takes beyond its slots, each waiting on the agent for
+    /// a slot to free (`hodei agent --prefetch`; 0 for an agent that did
+    /// not ask for any).
+    prefetch: u32,
+    /// Ids of the jobs it holds: at most `slots` of them run, the others
+    /// (at most `prefetch`) wait on the agent for a slot.
     running: Vec<String>,
     state: WorkerStateSchema,
     /// Last heartbeat or session change (Unix ms).

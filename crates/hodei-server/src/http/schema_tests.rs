@@ -279,6 +279,7 @@ fn serialized_api_values_match_their_schemas() {
             id: "w1".into(),
             labels: vec!["linux".into()],
             slots: 4,
+            prefetch: 1,
             running: vec!["j-1".into()],
             state: state.into(),
             last_seen: 9,

@@ -185,7 +185,7 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
             vec![
                 w.id.clone(),
                 w.state.clone(),
-                format!("{}/{}", w.running.len(), w.slots),
+                slots_in_use(w.running.len(), w.slots),
                 w.labels.join(","),
                 format!("{} ago", table::duration((now - w.last_seen).max(0))),
             ]
@@ -193,4 +193,25 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
         .collect();
     table::print(&["NAME", "STATE", "SLOTS", "LABELS", "LAST SEEN"], &rows);
     Ok(0)
+}
+
+/// `used/slots`, and how many held jobs wait beyond the slots (prefetch).
+fn slots_in_use(held: usize, slots: u32) -> String {
+    let used = held.min(slots as usize);
+    match held - used {
+        0 => format!("{used}/{slots}"),
+        waiting => format!("{used}/{slots} +{waiting} waiting"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slots_in_use;
+
+    #[test]
+    fn jobs_held_beyond_the_slots_are_shown_waiting() {
+        assert_eq!(slots_in_use(0, 4), "0/4");
+        assert_eq!(slots_in_use(4, 4), "4/4");
+        assert_eq!(slots_in_use(5, 4), "4/4 +1 waiting");
+    }
 }

@@ -270,6 +270,14 @@ fn a_worker_with_prefetch_takes_that_many_jobs_beyond_its_slots() {
     let got: Vec<String> = assigned(&out).into_iter().map(|(_, j, _)| j).collect();
     assert_eq!(got, ["j1", "j2"]);
     assert_eq!(e.live_job("j3").map(|j| j.state), Some(JobState::Queued));
+    // The listing says how many it may hold beyond its one slot.
+    let mut out = batch(&mut e, 0, vec![Input::ListWorkers { req: 9 }]);
+    let Some((_, Reply::Workers(list))) = out.replies.pop() else {
+        panic!("no reply")
+    };
+    assert_eq!((list[0].slots, list[0].prefetch), (1, 1));
+    assert_eq!(list[0].running, ["j1", "j2"]);
+    assert_eq!(list[0].state, "busy");
     // The first result frees room for the third.
     let out = batch(&mut e, 1, vec![result(1, "j1", 1, 0)]);
     let got: Vec<String> = assigned(&out).into_iter().map(|(_, j, _)| j).collect();

@@ -301,7 +301,9 @@
 
   // ---- workers --------------------------------------------------------
   function workerRow(w) {
-    const used = w.running.length;
+    // Jobs held beyond the slots (prefetched) wait on the agent for one.
+    const used = Math.min(w.running.length, w.slots);
+    const waiting = w.running.length - used;
     const running = el("td", { class: "running" });
     for (const id of w.running) running.append(el("a", { href: "/ui/jobs/" + encodeURIComponent(id) }, id), " ");
     const labels = el("td", { class: "opt" });
@@ -310,7 +312,8 @@
       el("td", { class: "id" }, el("a", { href: "/ui/jobs?worker=" + encodeURIComponent(w.id) }, w.id)),
       el("td", {}, el("span", { class: "badge ws-" + w.state }, w.state)),
       labels,
-      el("td", { class: "slots" }, el("progress", { value: used, max: Math.max(1, w.slots) }), " " + used + "/" + w.slots),
+      el("td", { class: "slots" }, el("progress", { value: used, max: Math.max(1, w.slots) }), " " + used + "/" + w.slots,
+        ...(waiting > 0 ? [" ", el("span", { class: "waiting" }, "+" + waiting + " waiting")] : [])),
       running,
       el("td", { class: "opt" }, timeEl(w.last_seen)));
   }
