@@ -12,8 +12,8 @@ use hodei_core::JobState;
 use hodei_core::engine::Notice;
 
 use super::Plan;
-use super::report::{Dist, Report};
-use super::rig::{Rig, job};
+use super::report::{Dist, Report, round3};
+use super::rig::{Rig, cpu_times, job};
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let n = plan.n(200, 20);
@@ -35,6 +35,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         }
     });
     let (mut to_running, mut to_line, mut to_result) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU per job: the jobs run one at a time, yet the orchestrator, the
+    // agent, the job and this client share the machine's cores.
+    let agent = rig.agent_pid().context("the agent exited")?;
+    let agent_cpu0 = cpu_times(agent)?;
+    let self_cpu0 = cpu_times(std::process::id())?;
     for _ in 0..n {
         let t0 = Instant::now();
         let id = rig.client.submit(&job(&["echo", "x"])).await?.job.id;
@@ -55,6 +60,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         let running = running_at.lock().ok().and_then(|m| m.get(&id).copied());
         to_running.push(running.context("no running notice")?.duration_since(t0));
     }
+    let agent_cpu = cpu_times(agent)? - agent_cpu0;
+    let self_cpu = cpu_times(std::process::id())? - self_cpu0;
     recorder.abort();
     rig.shutdown().await;
     let (running, line, result) = (
@@ -67,6 +74,16 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     r.set("submit_to_running_ms", running);
     r.set("submit_to_first_line_ms", line);
     r.set("submit_to_result_ms", result);
+    let per_job = |secs: f64| round3(secs * 1000.0 / n as f64);
+    r.set("cpu_ms_per_job_agent", per_job(agent_cpu.own));
+    r.set(
+        "cpu_ms_per_job_job_processes",
+        per_job(agent_cpu.reaped_children),
+    );
+    r.set(
+        "cpu_ms_per_job_orchestrator_and_client",
+        per_job(self_cpu.own),
+    );
     r.sane(
         to_result.len() == n && result.p50 > 0.0,
         "not every job measured",
