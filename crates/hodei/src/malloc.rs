@@ -9,8 +9,9 @@
 //! fault and a zeroed page per 4 KiB it touches, and its release a TLB
 //! flush on every core the process ran on. A profile of the logs benchmark
 //! showed those faults in the copies into the HWP decoder's buffer and
-//! into the pipe reads; with the settings below it stored 315–370 MB/s
-//! against 288–298 MB/s without, in the same runs (`docs/performance.md`).
+//! into the pipe reads; with the settings below it stored 346 MB/s
+//! against 295 MB/s without (medians of ten runs each, alternating;
+//! `docs/performance.md`).
 //!
 //! Allocations below [`MMAP_THRESHOLD`] therefore come from the heap, which
 //! keeps up to [`TRIM_THRESHOLD`] of free memory at its top for reuse
@@ -18,9 +19,9 @@
 //! themselves (`GLIBC_TUNABLES=glibc.malloc.…`) keep theirs.
 
 /// Allocations of at least this many bytes get their own mapping.
-pub const MMAP_THRESHOLD: i32 = 4 << 20;
+const MMAP_THRESHOLD: i32 = 4 << 20;
 /// Free memory kept at the top of the heap before it is returned.
-pub const TRIM_THRESHOLD: i32 = 32 << 20;
+const TRIM_THRESHOLD: i32 = 32 << 20;
 
 /// Applies the settings, unless the environment sets malloc tunables. Call
 /// it first thing in `main`, before any thread exists.

@@ -225,6 +225,16 @@ pub struct WorkerInfo {
     pub last_seen: Millis,
 }
 
+impl WorkerInfo {
+    /// Slots in use, and the jobs it holds beyond them (prefetched), each
+    /// waiting on the agent for a slot.
+    pub fn slots_in_use(&self) -> (usize, usize) {
+        let held = self.running.len();
+        let used = held.min(self.slots as usize);
+        (used, held - used)
+    }
+}
+
 /// The answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {

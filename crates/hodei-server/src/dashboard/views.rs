@@ -136,13 +136,14 @@ pub struct WorkerRow {
 
 impl WorkerRow {
     pub fn of(w: &WorkerInfo) -> WorkerRow {
+        let (used, waiting) = w.slots_in_use();
         WorkerRow {
             id: w.id.clone(),
             state: w.state.clone(),
             labels: w.labels.clone(),
             slots: w.slots,
-            used: w.running.len().min(w.slots as usize),
-            waiting: w.running.len().saturating_sub(w.slots as usize),
+            used,
+            waiting,
             running: w.running.clone(),
             last_seen_ms: w.last_seen,
             last_seen: fmt_utc(w.last_seen),

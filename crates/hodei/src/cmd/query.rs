@@ -185,7 +185,7 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
             vec![
                 w.id.clone(),
                 w.state.clone(),
-                slots_in_use(w.running.len(), w.slots),
+                slots_in_use(w),
                 w.labels.join(","),
                 format!("{} ago", table::duration((now - w.last_seen).max(0))),
             ]
@@ -196,22 +196,31 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
 }
 
 /// `used/slots`, and how many held jobs wait beyond the slots (prefetch).
-fn slots_in_use(held: usize, slots: u32) -> String {
-    let used = held.min(slots as usize);
-    match held - used {
-        0 => format!("{used}/{slots}"),
-        waiting => format!("{used}/{slots} +{waiting} waiting"),
+fn slots_in_use(w: &hodei_core::engine::WorkerInfo) -> String {
+    match w.slots_in_use() {
+        (used, 0) => format!("{used}/{}", w.slots),
+        (used, waiting) => format!("{used}/{} +{waiting} waiting", w.slots),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::slots_in_use;
+    use hodei_core::engine::WorkerInfo;
 
     #[test]
     fn jobs_held_beyond_the_slots_are_shown_waiting() {
-        assert_eq!(slots_in_use(0, 4), "0/4");
-        assert_eq!(slots_in_use(4, 4), "4/4");
-        assert_eq!(slots_in_use(5, 4), "4/4 +1 waiting");
+        let held = |n: usize| WorkerInfo {
+            id: "w".into(),
+            labels: Vec::new(),
+            slots: 4,
+            prefetch: 1,
+            running: (0..n).map(|i| format!("j{i}")).collect(),
+            state: "busy".into(),
+            last_seen: 0,
+        };
+        assert_eq!(slots_in_use(&held(0)), "0/4");
+        assert_eq!(slots_in_use(&held(4)), "4/4");
+        assert_eq!(slots_in_use(&held(5)), "4/4 +1 waiting");
     }
 }
