@@ -12,7 +12,7 @@ use hodei_core::JobState;
 use hodei_core::engine::Notice;
 
 use super::Plan;
-use super::report::{Dist, Report, round3};
+use super::report::{Dist, Report};
 use super::rig::{Rig, cpu_times, job};
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
@@ -74,16 +74,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     r.set("submit_to_running_ms", running);
     r.set("submit_to_first_line_ms", line);
     r.set("submit_to_result_ms", result);
-    let per_job = |secs: f64| round3(secs * 1000.0 / n as f64);
-    r.set("cpu_ms_per_job_agent", per_job(agent_cpu.own));
-    r.set(
-        "cpu_ms_per_job_job_processes",
-        per_job(agent_cpu.reaped_children),
-    );
-    r.set(
-        "cpu_ms_per_job_orchestrator_and_client",
-        per_job(self_cpu.own),
-    );
+    r.cpu_per_job(n, agent_cpu, self_cpu);
     r.sane(
         to_result.len() == n && result.p50 > 0.0,
         "not every job measured",

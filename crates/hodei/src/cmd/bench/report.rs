@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::rig::CpuTimes;
+
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Dist {
@@ -90,6 +92,19 @@ impl Report {
                 serde_json::to_value(value).unwrap_or(Value::Null),
             );
         }
+    }
+
+    /// The CPU per job of the agent (its process), of the jobs (the
+    /// children it reaped) and of this process (the orchestrator with the
+    /// bench's clients), over `jobs` jobs.
+    pub fn cpu_per_job(&mut self, jobs: usize, agent: CpuTimes, this: CpuTimes) {
+        let per_job = |secs: f64| round3(secs * 1000.0 / jobs.max(1) as f64);
+        self.set("cpu_ms_per_job_agent", per_job(agent.own));
+        self.set(
+            "cpu_ms_per_job_job_processes",
+            per_job(agent.reaped_children),
+        );
+        self.set("cpu_ms_per_job_orchestrator_and_clients", per_job(this.own));
     }
 
     /// Checks `value` against a target: at least `min` (`at_least`) or at

@@ -96,17 +96,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     r.set("jobs_per_second", rate.round());
     r.set("baseline_spawns_per_second", base_rate.round());
     r.set("ratio_to_baseline", ratio);
-    let per_job = |secs: f64| round3(secs * 1000.0 / n as f64);
-    r.set("cpu_ms_per_job_agent", per_job(agent_cpu.own));
+    r.cpu_per_job(n, agent_cpu, self_cpu);
     r.set(
-        "cpu_ms_per_job_job_processes",
-        per_job(agent_cpu.reaped_children),
+        "cpu_ms_per_baseline_spawn",
+        round3(baseline_cpu * 1000.0 / n as f64),
     );
-    r.set(
-        "cpu_ms_per_job_orchestrator_and_clients",
-        per_job(self_cpu.own),
-    );
-    r.set("cpu_ms_per_baseline_spawn", per_job(baseline_cpu));
     r.sane(failed == 0, format!("{failed} of {n} jobs failed"));
     r.sane(rate > 0.0 && base_rate > 0.0, "a rate of zero");
     r.target("jobs_per_second", rate.round(), true, 1000.0);
