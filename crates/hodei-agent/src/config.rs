@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::docker::DockerConfig;
 
-/// How an agent runs.
 /// Assignments an agent queues beyond its slots unless told otherwise.
 pub const DEFAULT_PREFETCH: u32 = 1;
 
+/// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Orchestrator URLs, e.g. `http://127.0.0.1:50051`: replicas the agent

@@ -291,13 +291,12 @@ impl Engine {
             .filter(|(_, w)| w.session.is_some())
             .map(|(id, w)| {
                 let held = w.jobs.len() as u32;
-                let free_slots = w.slots.saturating_sub(held);
                 WorkerView {
                     id: id.clone(),
                     labels: w.labels.clone(),
-                    free_slots,
-                    queue_room: w.slots.saturating_add(w.prefetch).saturating_sub(held)
-                        - free_slots,
+                    free_slots: w.slots.saturating_sub(held),
+                    // Prefetch not taken yet by the jobs held beyond the slots.
+                    queue_room: w.prefetch.saturating_sub(held.saturating_sub(w.slots)),
                     draining: w.draining,
                 }
             })

@@ -120,8 +120,9 @@ pub struct AgentArgs {
     /// Assignments taken beyond the slots, queued and started as slots
     /// free, so short jobs start without a round trip to the orchestrator
     /// (0: none). A queued job waits for this agent's slots even if
-    /// another agent frees one first.
-    #[arg(long, env = "HODEI_PREFETCH", default_value_t = hodei_agent::config::DEFAULT_PREFETCH)]
+    /// another agent frees one first. At most 1,024.
+    #[arg(long, env = "HODEI_PREFETCH", default_value_t = hodei_agent::config::DEFAULT_PREFETCH,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(hodei_core::engine::MAX_PREFETCH)))]
     pub prefetch: u32,
     /// Per-job working directories are made under this one.
     #[arg(long)]
@@ -189,7 +190,7 @@ impl AgentArgs {
         if let Some(slots) = self.slots {
             config.slots = slots.max(1);
         }
-        config.prefetch = self.prefetch.min(hodei_core::engine::MAX_PREFETCH);
+        config.prefetch = self.prefetch;
         config.work_dir = self
             .work_dir
             .clone()
@@ -259,5 +260,22 @@ mod tests {
             ["http://a:1", "http://b:2", "http://c:3"]
         );
         assert_eq!(servers(&["--server", "http://a:1"]), ["http://a:1"]);
+    }
+
+    #[test]
+    fn prefetch_defaults_to_one_and_refuses_more_than_the_orchestrator_takes() {
+        let prefetch = |args: &[&str]| {
+            Cli::try_parse_from(["hodei", "agent"].iter().chain(args)).map(|cli| {
+                let Command::Agent(agent) = cli.command else {
+                    panic!("not the agent command")
+                };
+                agent.config().prefetch
+            })
+        };
+        assert_eq!(prefetch(&[]).expect("parses"), 1);
+        assert_eq!(prefetch(&["--prefetch", "0"]).expect("parses"), 0);
+        assert_eq!(prefetch(&["--prefetch", "1024"]).expect("parses"), 1024);
+        let too_many = prefetch(&["--prefetch", "1025"]).expect_err("refused");
+        assert!(too_many.to_string().contains("--prefetch"), "{too_many}");
     }
 }

@@ -45,6 +45,45 @@ fn attach(session: SessionId, worker: &str, labels: &[&str], slots: u32) -> Inpu
     }
 }
 
+/// `worker` back on a new session with the slots of `slots`, saying it
+/// still runs `running` (a job id and attempt).
+fn reattach(session: SessionId, worker: &str, slots: u32, running: (&str, u32)) -> Input {
+    Input::Attach {
+        session,
+        worker_id: worker.into(),
+        labels: vec![],
+        slots,
+        prefetch: 0,
+        running: vec![AttemptRef {
+            job_id: running.0.into(),
+            attempt: running.1,
+        }],
+    }
+}
+
+/// An engine with worker `w` (one slot, session 1) and job `j` assigned to
+/// it at time 0.
+fn one_job_on_one_worker() -> Engine {
+    let mut e = engine();
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 1),
+            submit(1, "j", JobSpec::command(["x"])),
+        ],
+    );
+    e
+}
+
+fn started(session: SessionId, job: &str, attempt: u32) -> Input {
+    Input::Started {
+        session,
+        job_id: job.into(),
+        attempt,
+    }
+}
+
 fn assigned(out: &Output) -> Vec<(SessionId, String, u32)> {
     out.messages
         .iter()
@@ -220,18 +259,7 @@ fn slots_limit_concurrency_and_a_result_frees_one() {
     );
     let first = assigned(&out);
     assert_eq!(first.len(), 2);
-    let out = batch(
-        &mut e,
-        2,
-        vec![
-            Input::Started {
-                session: 1,
-                job_id: "j0".into(),
-                attempt: 1,
-            },
-            result(1, "j0", 1, 0),
-        ],
-    );
+    let out = batch(&mut e, 2, vec![started(1, "j0", 1), result(1, "j0", 1, 0)]);
     assert_eq!(out.writes.jobs["j0"].state, JobState::Succeeded);
     assert_eq!(assigned(&out), vec![(1, "j2".to_string(), 1)]);
     assert!(out.messages.contains(&(
@@ -273,15 +301,7 @@ fn labels_route_jobs() {
 
 #[test]
 fn logs_are_deduplicated_by_offset_and_acknowledged_after_the_batch() {
-    let mut e = engine();
-    batch(
-        &mut e,
-        0,
-        vec![
-            attach(1, "w", &[], 1),
-            submit(1, "j", JobSpec::command(["x"])),
-        ],
-    );
+    let mut e = one_job_on_one_worker();
     let out = batch(
         &mut e,
         1,
@@ -459,15 +479,7 @@ fn seed_logs_append_at_the_end_and_unknown_jobs_are_not_found() {
 
 #[test]
 fn a_result_with_bytes_missing_waits_for_them() {
-    let mut e = engine();
-    batch(
-        &mut e,
-        0,
-        vec![
-            attach(1, "w", &[], 1),
-            submit(1, "j", JobSpec::command(["x"])),
-        ],
-    );
+    let mut e = one_job_on_one_worker();
     batch(&mut e, 1, vec![log(1, "j", 1, 0, b"abc")]);
     let with_totals = |t| Input::Result {
         session: 1,
@@ -509,15 +521,7 @@ fn a_result_with_bytes_missing_waits_for_them() {
 
 #[test]
 fn a_checksum_mismatch_is_recorded_with_the_result() {
-    let mut e = engine();
-    batch(
-        &mut e,
-        0,
-        vec![
-            attach(1, "w", &[], 1),
-            submit(1, "j", JobSpec::command(["x"])),
-        ],
-    );
+    let mut e = one_job_on_one_worker();
     let out = batch(
         &mut e,
         1,

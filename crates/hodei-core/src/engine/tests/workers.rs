@@ -42,42 +42,13 @@ fn a_silent_worker_loses_its_jobs_after_the_grace_and_retries_requeue() {
 
 #[test]
 fn an_agent_back_within_the_grace_keeps_its_job() {
-    let mut e = engine();
-    batch(
-        &mut e,
-        0,
-        vec![
-            attach(1, "w", &[], 1),
-            submit(1, "j", JobSpec::command(["x"])),
-        ],
-    );
-    batch(
-        &mut e,
-        1,
-        vec![Input::Started {
-            session: 1,
-            job_id: "j".into(),
-            attempt: 1,
-        }],
-    );
+    let mut e = one_job_on_one_worker();
+    batch(&mut e, 1, vec![started(1, "j", 1)]);
     batch(&mut e, 2, vec![Input::Detach { session: 1 }]);
     let out = batch(
         &mut e,
         10_000,
-        vec![
-            Input::Attach {
-                session: 2,
-                worker_id: "w".into(),
-                labels: vec![],
-                slots: 1,
-                prefetch: 0,
-                running: vec![AttemptRef {
-                    job_id: "j".into(),
-                    attempt: 1,
-                }],
-            },
-            Input::Tick,
-        ],
+        vec![reattach(2, "w", 1, ("j", 1)), Input::Tick],
     );
     assert!(out.writes.jobs.is_empty());
     let out = batch(
@@ -101,30 +72,8 @@ fn an_agent_back_without_its_jobs_requeues_unstarted_and_loses_started_ones() {
             submit(2, "unstarted", JobSpec::command(["x"])),
         ],
     );
-    batch(
-        &mut e,
-        1,
-        vec![Input::Started {
-            session: 1,
-            job_id: "started".into(),
-            attempt: 1,
-        }],
-    );
-    let out = batch(
-        &mut e,
-        2,
-        vec![Input::Attach {
-            session: 2,
-            worker_id: "w".into(),
-            labels: vec![],
-            slots: 2,
-            prefetch: 0,
-            running: vec![AttemptRef {
-                job_id: "ghost".into(),
-                attempt: 3,
-            }],
-        }],
-    );
+    batch(&mut e, 1, vec![started(1, "started", 1)]);
+    let out = batch(&mut e, 2, vec![reattach(2, "w", 2, ("ghost", 3))]);
     assert_eq!(out.writes.jobs["started"].state, JobState::Lost);
     // The unstarted job was requeued and, the slot being free, assigned again.
     assert_eq!(out.writes.jobs["unstarted"].attempt, 2);
@@ -166,17 +115,7 @@ fn recovery_restores_queue_and_running_jobs() {
         &mut e,
         200,
         vec![
-            Input::Attach {
-                session: 9,
-                worker_id: "w".into(),
-                labels: vec![],
-                slots: 2,
-                prefetch: 0,
-                running: vec![AttemptRef {
-                    job_id: "r".into(),
-                    attempt: 1,
-                }],
-            },
+            reattach(9, "w", 2, ("r", 1)),
             log(9, "r", 1, 0, b"hello world"),
         ],
     );
