@@ -127,6 +127,10 @@ pub struct Job {
     /// The current attempt; 0 until first assigned. Reports for any other
     /// attempt are stale and rejected.
     pub attempt: u32,
+    /// Attempts lost and queued again; counts against `spec.max_retries`.
+    /// Rejected attempts (never started) do not count.
+    #[serde(default)]
+    pub retries: u32,
     /// The worker holding the current attempt (assigned/running), or the last one.
     pub worker: Option<String>,
     pub exit_code: Option<i32>,
@@ -153,6 +157,7 @@ impl Job {
             spec,
             state: JobState::Queued,
             attempt: 0,
+            retries: 0,
             worker: None,
             exit_code: None,
             signal: None,
@@ -290,9 +295,9 @@ pub fn transition(job: &Job, event: &JobEvent, now: Millis) -> Result<Job, Trans
             next.reason = Some(reason.clone());
         }
         (Assigned | Running, JobEvent::WorkerLost { reason, .. }) => {
-            let retries_used = job.attempt.saturating_sub(1);
-            if !job.cancel_requested && retries_used < job.spec.max_retries {
+            if !job.cancel_requested && job.retries < job.spec.max_retries {
                 next.state = Queued;
+                next.retries = job.retries.saturating_add(1);
                 next.reason = Some(format!("attempt {} lost: {reason}", job.attempt));
             } else {
                 next.state = Lost;
@@ -518,6 +523,66 @@ mod tests {
         .unwrap();
         second.state = JobState::Running;
         assert_eq!(lose(&second).state, JobState::Lost);
+    }
+
+    #[test]
+    fn rejected_attempts_do_not_use_up_retries() {
+        let mut job = job_in(JobState::Assigned, 1);
+        job.spec.max_retries = 1;
+        let assign = |j: &Job, attempt: u32| {
+            let mut next = transition(
+                j,
+                &JobEvent::Assigned {
+                    worker: "w".into(),
+                    attempt,
+                },
+                0,
+            )
+            .unwrap();
+            next.state = JobState::Running;
+            next
+        };
+        let lose = |j: &Job| {
+            transition(
+                j,
+                &JobEvent::WorkerLost {
+                    attempt: j.attempt,
+                    reason: "silent".into(),
+                },
+                0,
+            )
+            .unwrap()
+        };
+        let rejected = transition(
+            &job,
+            &JobEvent::Rejected {
+                attempt: 1,
+                reason: "busy".into(),
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(rejected.state, JobState::Queued);
+        assert_eq!(rejected.retries, 0);
+        let second = assign(&rejected, 2);
+        let again = lose(&second);
+        assert_eq!(again.state, JobState::Queued);
+        assert_eq!(again.retries, 1);
+        assert_eq!(again.reason.as_deref(), Some("attempt 2 lost: silent"));
+        let third = assign(&again, 3);
+        let lost = lose(&third);
+        assert_eq!(lost.state, JobState::Lost);
+        assert_eq!(lost.retries, 1);
+        assert_eq!(lost.reason.as_deref(), Some("silent"));
+    }
+
+    #[test]
+    fn records_without_retries_still_parse() {
+        let job = job_in(JobState::Queued, 2);
+        let mut value = serde_json::to_value(&job).unwrap();
+        value.as_object_mut().unwrap().remove("retries");
+        let back: Job = serde_json::from_value(value).unwrap();
+        assert_eq!(back, job);
     }
 
     #[test]

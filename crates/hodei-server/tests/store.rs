@@ -83,6 +83,7 @@ async fn commit_and_get_round_trip_every_field(backend: Backend) {
         spec,
         state: JobState::Failed,
         attempt: 3,
+        retries: 2,
         worker: Some("w-9".into()),
         exit_code: Some(137),
         signal: Some(9),

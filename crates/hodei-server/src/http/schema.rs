@@ -104,6 +104,10 @@ pub struct JobSchema {
     state: JobStateSchema,
     /// The current attempt; 0 until first assigned.
     attempt: u32,
+    /// Attempts lost (their worker gone) and queued again; counts against
+    /// `spec.max_retries`. Attempts the agent rejected before starting them
+    /// do not count.
+    retries: u32,
     /// The worker holding the current attempt, or the last one.
     worker: Option<String>,
     exit_code: Option<i32>,

@@ -183,6 +183,7 @@ fn full_job() -> Job {
     let mut job = Job::new("j-1".into(), spec, 7, 1_000);
     job.state = JobState::TimedOut;
     job.attempt = 2;
+    job.retries = 1;
     job.worker = Some("w1".into());
     job.exit_code = Some(137);
     job.signal = Some(9);

@@ -43,7 +43,7 @@ const MAX_LIMIT: u32 = 1001;
 /// The columns a job is decoded from (see `rows::job_from_row`).
 macro_rules! job_columns {
     () => {
-        "id, seq, state, attempt, worker, exit_code, signal, reason, cancel_requested, \
+        "id, seq, state, attempt, retries, worker, exit_code, signal, reason, cancel_requested, \
          spec::text AS spec, created_at, assigned_at, started_at, finished_at, submitter"
     };
 }
@@ -57,22 +57,23 @@ macro_rules! select_jobs {
 /// `RETURNING` these to decode the rows an `UPDATE` changed.
 pub(super) const RETURNING_JOB: &str = job_columns!();
 
-const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, exit_code, signal, \
-     reason, cancel_requested, name, priority, spec, created_at, assigned_at, started_at, \
-     finished_at, submitter, replica) VALUES ";
+const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, retries, worker, \
+     exit_code, signal, reason, cancel_requested, name, priority, spec, created_at, \
+     assigned_at, started_at, finished_at, submitter, replica) VALUES ";
 /// Columns per job row in `INSERT_JOBS`.
-const JOB_COLS: usize = 18;
+const JOB_COLS: usize = 19;
 const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
-     state = excluded.state, attempt = excluded.attempt, worker = excluded.worker, \
-     exit_code = excluded.exit_code, signal = excluded.signal, reason = excluded.reason, \
-     cancel_requested = excluded.cancel_requested, name = excluded.name, \
-     priority = excluded.priority, spec = excluded.spec, created_at = excluded.created_at, \
-     assigned_at = excluded.assigned_at, started_at = excluded.started_at, \
-     finished_at = excluded.finished_at, submitter = excluded.submitter, \
+     state = excluded.state, attempt = excluded.attempt, retries = excluded.retries, \
+     worker = excluded.worker, exit_code = excluded.exit_code, signal = excluded.signal, \
+     reason = excluded.reason, cancel_requested = excluded.cancel_requested, \
+     name = excluded.name, priority = excluded.priority, spec = excluded.spec, \
+     created_at = excluded.created_at, assigned_at = excluded.assigned_at, \
+     started_at = excluded.started_at, finished_at = excluded.finished_at, \
+     submitter = excluded.submitter, \
      replica = excluded.replica \
      WHERE jobs.seq = excluded.seq AND (jobs.replica IS NULL OR jobs.replica = ";
-/// Column 12 (the spec) is cast from text to JSONB.
-const JOB_CASTS: &[(usize, &str)] = &[(11, "::jsonb")];
+/// Column 13 (the spec) is cast from text to JSONB.
+const JOB_CASTS: &[(usize, &str)] = &[(12, "::jsonb")];
 const INSERT_LOGS: &str = "INSERT INTO log_chunks (job_id, attempt, stream, start_offset, \
      end_offset, ts, data) VALUES ";
 const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) \
@@ -380,6 +381,7 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job, replica: &'q str) -> Result<Quer
         .bind(to_i64(job.seq, &job.id, "seq")?)
         .bind(job.state.as_str())
         .bind(i64::from(job.attempt))
+        .bind(i64::from(job.retries))
         .bind(job.worker.as_deref())
         .bind(job.exit_code.map(i64::from))
         .bind(job.signal.map(i64::from))

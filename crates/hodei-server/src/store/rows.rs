@@ -97,6 +97,7 @@ where
         spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| format!("bad spec JSON: {e}"))?,
         state: JobState::parse(&state).ok_or_else(|| format!("unknown state {state:?}"))?,
         attempt: int(row, "attempt")?,
+        retries: int(row, "retries")?,
         worker: get(row, "worker")?,
         exit_code: opt_int(row, "exit_code")?,
         signal: opt_int(row, "signal")?,

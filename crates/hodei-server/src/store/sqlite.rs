@@ -44,16 +44,17 @@ const MAX_LIMIT: u32 = 1001;
 macro_rules! select_jobs {
     ($rest:literal) => {
         concat!(
-            "SELECT id, seq, state, attempt, worker, exit_code, signal, reason, cancel_requested, \
-             spec, created_at, assigned_at, started_at, finished_at, submitter FROM jobs ",
+            "SELECT id, seq, state, attempt, retries, worker, exit_code, signal, reason, \
+             cancel_requested, spec, created_at, assigned_at, started_at, finished_at, submitter \
+             FROM jobs ",
             $rest
         )
     };
 }
 
-const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, exit_code, signal, \
-     reason, cancel_requested, name, priority, spec, created_at, assigned_at, started_at, \
-     finished_at, submitter) VALUES ";
+const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, retries, worker, \
+     exit_code, signal, reason, cancel_requested, name, priority, spec, created_at, \
+     assigned_at, started_at, finished_at, submitter) VALUES ";
 /// On conflict only the columns that change after a job is created are set:
 /// its id, sequence number, name, priority, spec, creation time and
 /// submitter never do. SQLite rewrites the entries of every index on a
@@ -61,10 +62,11 @@ const INSERT_JOBS: &str = "INSERT INTO jobs (id, seq, state, attempt, worker, ex
 /// spares the `seq` and `name` indexes (pages written to the WAL) on every
 /// state change.
 const UPSERT_JOBS_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET \
-     state = excluded.state, attempt = excluded.attempt, worker = excluded.worker, \
-     exit_code = excluded.exit_code, signal = excluded.signal, reason = excluded.reason, \
-     cancel_requested = excluded.cancel_requested, assigned_at = excluded.assigned_at, \
-     started_at = excluded.started_at, finished_at = excluded.finished_at";
+     state = excluded.state, attempt = excluded.attempt, retries = excluded.retries, \
+     worker = excluded.worker, exit_code = excluded.exit_code, signal = excluded.signal, \
+     reason = excluded.reason, cancel_requested = excluded.cancel_requested, \
+     assigned_at = excluded.assigned_at, started_at = excluded.started_at, \
+     finished_at = excluded.finished_at";
 const INSERT_LOGS: &str = "INSERT INTO log_chunks (job_id, attempt, stream, start_offset, \
      end_offset, ts, data) VALUES ";
 const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) \
@@ -74,7 +76,7 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (id, labels, slots, last_seen) 
 /// The insert statements for each size (see [`super::batch`]), built once
 /// so that each is prepared once per connection.
 static UPSERT_JOBS_SQL: LazyLock<[String; SHAPES]> =
-    LazyLock::new(|| shapes(|n| multi_row(INSERT_JOBS, 17, n, UPSERT_JOBS_TAIL)));
+    LazyLock::new(|| shapes(|n| multi_row(INSERT_JOBS, 18, n, UPSERT_JOBS_TAIL)));
 static INSERT_LOGS_SQL: LazyLock<[String; SHAPES]> =
     LazyLock::new(|| shapes(|n| multi_row(INSERT_LOGS, 7, n, "")));
 
@@ -449,6 +451,7 @@ fn bind_job<'q>(query: Query<'q>, job: &'q Job) -> Result<Query<'q>, StoreError>
         .bind(to_i64(job.seq, &job.id, "seq")?)
         .bind(job.state.as_str())
         .bind(i64::from(job.attempt))
+        .bind(i64::from(job.retries))
         .bind(job.worker.as_deref())
         .bind(job.exit_code)
         .bind(job.signal)
