@@ -73,6 +73,9 @@ struct Entry {
     /// for when it is fsynced).
     result: Option<pb::JobResult>,
     result_sent: bool,
+    /// The attempt holds one of the agent's slots: it can no longer be
+    /// taken back (see [`Outbox::revoke`]).
+    slotted: bool,
     cancel: watch::Sender<bool>,
     files: Option<Arc<AttemptFiles>>,
     /// Serializes writes to the attempt's spool files.
@@ -92,6 +95,7 @@ impl Entry {
             streams: [StreamState::new(offsets[0]), StreamState::new(offsets[1])],
             result: None,
             result_sent: false,
+            slotted: false,
             cancel,
             files: None,
             writer: Arc::default(),
@@ -312,6 +316,42 @@ impl Outbox {
             }
             _ => false,
         }
+    }
+
+    /// Records that the attempt got a slot and will start; `false` if it
+    /// was taken back (revoked) meanwhile, and must not start.
+    pub fn take_slot(&self, job_id: &str, attempt: u32) -> bool {
+        match self.lock().jobs.get_mut(job_id) {
+            Some(e) if e.attempt == attempt => {
+                e.slotted = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes back an attempt that is still waiting for a slot: forgets it
+    /// (it has no output, spool entry or result yet) and stops its task.
+    /// `false` if it holds a slot already, or is not tracked.
+    pub fn revoke(&self, job_id: &str, attempt: u32) -> bool {
+        let mut st = self.lock();
+        match st.jobs.get(job_id) {
+            Some(e) if e.attempt == attempt && !e.slotted && e.result.is_none() => {
+                if let Some(e) = st.jobs.remove(job_id) {
+                    let _ = e.cancel.send(true);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the agent tracks this attempt (it was not taken back).
+    pub fn tracks(&self, job_id: &str, attempt: u32) -> bool {
+        self.lock()
+            .jobs
+            .get(job_id)
+            .is_some_and(|e| e.attempt == attempt)
     }
 
     /// Cancels every job (agent shutting down hard).

@@ -53,12 +53,17 @@ impl Runner {
     }
 
     async fn run(self, a: pb::Assignment, mut cancel: watch::Receiver<bool>, turn: Turn) {
-        // A prefetched assignment waits here for a slot, or for its cancel.
+        // A prefetched assignment waits here for a slot, or for its cancel
+        // (or its take-back, which cancels it too).
         let slot = tokio::select! {
             slot = turn.slot() => Some(slot),
             _ = cancel.wait_for(|c| *c) => None,
         };
         let Some(slot) = slot else {
+            if !self.outbox.tracks(&a.job_id, a.attempt) {
+                // Taken back by the orchestrator (revoked), which was told.
+                return;
+            }
             tracing::info!(job = %a.job_id, attempt = a.attempt, "job cancelled before it started");
             let outcome = Outcome::Cancelled;
             self.outbox
@@ -66,6 +71,10 @@ impl Runner {
                 .await;
             return;
         };
+        if !self.outbox.take_slot(&a.job_id, a.attempt) {
+            // Taken back while it got its slot: the next in line takes it.
+            return;
+        }
         let spec = a.spec.clone().unwrap_or_default();
         let job_id = a.job_id.clone();
         let container = (!a.image.is_empty()).then(|| ContainerSpec {

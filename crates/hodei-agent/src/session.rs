@@ -344,6 +344,17 @@ async fn handle(
                 tracing::info!(job = %c.job_id, reason = %c.reason, "cancelling job");
             }
         }
+        S::Revoke(r) => {
+            if runner.outbox.revoke(&r.job_id, r.attempt) {
+                tracing::info!(job = %r.job_id, attempt = r.attempt, reason = %r.reason, "giving back a job that had not started");
+                let rejected = pb::JobRejected {
+                    job_id: r.job_id,
+                    attempt: r.attempt,
+                    reason: format!("revoked: {}", r.reason),
+                };
+                let _ = tx.send(message(Body::Rejected(rejected))).await;
+            }
+        }
         S::LogAck(ack) => runner.outbox.ack_logs(&ack).await,
         S::ResultAck(ack) => {
             runner.outbox.ack_result(&ack);

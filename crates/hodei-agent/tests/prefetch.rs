@@ -135,3 +135,76 @@ async fn a_prefetched_job_waits_for_the_slot_and_can_be_cancelled_unstarted() {
     );
     agent.abort();
 }
+
+fn revoke(job: &str) -> S {
+    S::Revoke(pb::RevokeAssignment {
+        job_id: job.into(),
+        attempt: 1,
+        reason: "test".into(),
+    })
+}
+
+fn rejected<'a>(seen: &'a [A], job: &str) -> Option<&'a pb::JobRejected> {
+    seen.iter().find_map(|m| match m {
+        A::Rejected(r) if r.job_id == job => Some(r),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_job_is_given_back_when_revoked_and_a_started_one_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = dir.path().join("stop");
+    let pid_file = dir.path().join("pid");
+    let (url, mut sessions) = fake_server().await;
+    let mut config = AgentConfig::new(url, "agent-1");
+    config.work_dir = dir.path().join("work");
+    config.slots = 1;
+    config.prefetch = 2;
+    let (agent, _drain_tx) = support::start_agent(config);
+    let mut s = support::dialled(&mut sessions).await;
+    let A::Hello(_) = s.next().await else {
+        panic!("Hello first")
+    };
+    s.send(support::welcome()).await;
+
+    // One running; two waiting behind it.
+    let blocker = wait_for(&stop, &pid_file);
+    let blocker: Vec<&str> = blocker.iter().map(String::as_str).collect();
+    s.send(assign("running", &blocker)).await;
+    s.send(assign("given-back", &["echo", "never"])).await;
+    s.send(assign("last", &["echo", "last"])).await;
+    let seen = until(&mut s, |seen| started(seen, "running").is_some()).await;
+    assert!(rejected(&seen, "given-back").is_none());
+
+    // The waiting job is given back; the running one is not.
+    s.send(revoke("running")).await;
+    s.send(revoke("given-back")).await;
+    let seen = until(&mut s, |seen| rejected(seen, "given-back").is_some()).await;
+    let r = rejected(&seen, "given-back").expect("rejected");
+    assert!(r.reason.starts_with("revoked"), "{}", r.reason);
+    assert!(rejected(&seen, "running").is_none(), "it had started");
+    // The agent no longer holds it: with one slot and a prefetch of two it
+    // has room for one more.
+    s.send(assign("fill", &["true"])).await;
+
+    // The job behind it takes its place in line: it runs when the slot frees.
+    std::fs::write(&stop, b"").expect("stop file");
+    let seen = until(&mut s, |seen| {
+        ["running", "last", "fill"]
+            .iter()
+            .all(|j| result(seen, j).is_some())
+    })
+    .await;
+    assert!(rejected(&seen, "fill").is_none(), "room for it");
+    for job in ["running", "last", "fill"] {
+        assert_eq!(result(&seen, job).map(|r| r.exit_code), Some(0), "{job}");
+    }
+    assert!(started(&seen, "given-back").is_none() && result(&seen, "given-back").is_none());
+    // Revoking a job that already ran is ignored too.
+    s.send(revoke("last")).await;
+    s.send(assign("after", &["true"])).await;
+    let seen = until(&mut s, |seen| result(seen, "after").is_some()).await;
+    assert!(rejected(&seen, "last").is_none());
+    agent.abort();
+}

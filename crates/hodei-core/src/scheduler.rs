@@ -10,6 +10,9 @@
 //! take assignments beyond its free slots, queued until a slot frees
 //! (prefetch: the agent starts the next job without a round trip to the
 //! orchestrator); that room is used only for jobs that found no free slot.
+//! When a worker's slot stays free while jobs wait in another agent's
+//! prefetch queue, the orchestrator takes those back ([`revocations`]) so
+//! that the free slot runs one of them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,6 +120,42 @@ fn place_by<'a>(
         }
     }
     skipped
+}
+
+/// Which of the jobs waiting in agents' prefetch queues to take back, so
+/// that the free slots left after [`place`] run them instead of idling.
+///
+/// `workers` are the views after placement; `waiting` the jobs held beyond
+/// their workers' slots, in the order they should get a slot (queue key
+/// order); `in_flight` the jobs already being taken back, which will fill
+/// free slots they fit first. Each job taken back needs a free slot that
+/// fits it, on a worker that is not draining. A worker with waiting jobs
+/// has no free slot, so a job never goes back to a worker as busy as the
+/// one it left.
+pub fn revocations(
+    workers: &[WorkerView],
+    waiting: &[QueuedJob],
+    in_flight: &[QueuedJob],
+) -> Vec<String> {
+    let mut free: Vec<(usize, u32)> = workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !w.draining && w.free_slots > 0)
+        .map(|(i, w)| (i, w.free_slots))
+        .collect();
+    let mut take = |job: &QueuedJob| {
+        let fits = |i: usize| job.requires.iter().all(|l| workers[i].labels.contains(l));
+        let pos = free.iter().position(|(i, left)| *left > 0 && fits(*i));
+        pos.map(|pos| free[pos].1 -= 1).is_some()
+    };
+    for job in in_flight {
+        take(job);
+    }
+    waiting
+        .iter()
+        .filter(|job| take(job))
+        .map(|job| job.id.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -284,5 +323,51 @@ mod tests {
             pairs(&place(&q, &[gpu_box, plain])),
             vec![("any", "plain"), ("gpu", "gpu-box"), ("any2", "gpu-box")]
         );
+    }
+
+    fn waiting(jobs: &[(&str, &[&str])]) -> Vec<QueuedJob> {
+        jobs.iter()
+            .map(|(id, req)| QueuedJob {
+                id: id.to_string(),
+                requires: req.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn free_slots_take_back_as_many_waiting_jobs_as_they_can_run() {
+        let w = waiting(&[("a", &[]), ("b", &[]), ("c", &[])]);
+        let idle = [worker("idle", &[], 2), worker("busy", &[], 0)];
+        assert_eq!(revocations(&idle, &w, &[]), vec!["a", "b"]);
+        // Nothing free, nothing taken back.
+        assert!(revocations(&[worker("busy", &[], 0)], &w, &[]).is_empty());
+    }
+
+    #[test]
+    fn jobs_already_coming_back_fill_the_free_slots_first() {
+        let w = waiting(&[("b", &[]), ("c", &[])]);
+        let back = waiting(&[("a", &[])]);
+        let idle = [worker("idle", &[], 2)];
+        assert_eq!(revocations(&idle, &w, &back), vec!["b"]);
+        let idle = [worker("idle", &[], 1)];
+        assert!(revocations(&idle, &w, &back).is_empty());
+    }
+
+    #[test]
+    fn only_jobs_a_free_slot_fits_are_taken_back() {
+        let w = waiting(&[("gpu", &["gpu"]), ("any", &[])]);
+        let plain = worker("plain", &[], 1);
+        assert_eq!(
+            revocations(std::slice::from_ref(&plain), &w, &[]),
+            vec!["any"]
+        );
+        // A job coming back that needs a GPU does not use the plain slot.
+        let back = waiting(&[("gpu2", &["gpu"])]);
+        assert_eq!(revocations(&[plain], &w, &back), vec!["any"]);
+        let draining = WorkerView {
+            draining: true,
+            ..worker("draining", &[], 3)
+        };
+        assert!(revocations(&[draining], &w, &[]).is_empty());
     }
 }

@@ -135,6 +135,15 @@ pub fn server_message(
             attempt,
             reason,
         }),
+        ToAgent::Revoke {
+            job_id,
+            attempt,
+            reason,
+        } => Body::Revoke(pb::RevokeAssignment {
+            job_id,
+            attempt,
+            reason,
+        }),
         ToAgent::LogAck {
             job_id,
             attempt,

@@ -186,6 +186,13 @@ pub enum ToAgent {
         attempt: u32,
         reason: String,
     },
+    /// Take back an attempt the agent holds beyond its slots and has not
+    /// started; it answers `Rejected` if so, else ignores this.
+    Revoke {
+        job_id: String,
+        attempt: u32,
+        reason: String,
+    },
     LogAck {
         job_id: String,
         attempt: u32,

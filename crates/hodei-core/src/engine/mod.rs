@@ -15,6 +15,7 @@ mod authz;
 mod io;
 mod jobs;
 mod replica;
+mod revoke;
 mod workers;
 
 pub use io::*;
@@ -75,6 +76,11 @@ pub struct Engine {
     finished: Vec<String>,
     /// Stale attempts told to stop in this batch.
     fenced: BTreeSet<(SessionId, String, u32)>,
+    /// Prefetched attempts being taken back: job id → attempt.
+    revoking: BTreeMap<String, u32>,
+    /// A slot may have freed (or a take-back resolved) in this batch: look
+    /// for prefetched jobs to take back at its end.
+    slots_changed: bool,
 }
 
 impl Engine {
@@ -92,6 +98,8 @@ impl Engine {
             pending_acks: BTreeMap::new(),
             finished: Vec::new(),
             fenced: BTreeSet::new(),
+            revoking: BTreeMap::new(),
+            slots_changed: false,
         }
     }
 
@@ -288,10 +296,14 @@ impl Engine {
         }
     }
 
-    /// Ends a batch: places queued jobs on free workers, queues the log
+    /// Ends a batch: places queued jobs on free workers, takes back
+    /// prefetched jobs that a slot left free can run, queues the log
     /// acknowledgements and drops finished jobs from memory.
     pub fn end_batch(&mut self, now: Millis, out: &mut Output) {
         self.dispatch(now, out);
+        if std::mem::take(&mut self.slots_changed) {
+            self.revoke_waiting(out);
+        }
         for ((session, job_id), resend) in std::mem::take(&mut self.pending_acks) {
             if let Some(live) = self.jobs.get(&job_id) {
                 out.messages.push((

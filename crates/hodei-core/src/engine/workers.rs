@@ -136,6 +136,7 @@ impl Engine {
         w.draining = false;
         w.last_seen = now;
         let held: Vec<String> = w.jobs.iter().cloned().collect();
+        self.slots_changed = true;
         if let Some(old) = replaced.filter(|old| *old != session) {
             self.sessions.remove(&old);
             out.close_sessions.push(old);
@@ -280,13 +281,9 @@ impl Engine {
         }
     }
 
-    /// Places queued jobs on workers with free slots and sends the assignments.
-    pub(super) fn dispatch(&mut self, now: Millis, out: &mut Output) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let views: Vec<WorkerView> = self
-            .workers
+    /// The attached workers, as the scheduler sees them.
+    pub(super) fn worker_views(&self) -> Vec<WorkerView> {
+        self.workers
             .iter()
             .filter(|(_, w)| w.session.is_some())
             .map(|(id, w)| {
@@ -300,8 +297,15 @@ impl Engine {
                     draining: w.draining,
                 }
             })
-            .collect();
-        for p in place(&self.queue, &views) {
+            .collect()
+    }
+
+    /// Places queued jobs on workers with free slots and sends the assignments.
+    pub(super) fn dispatch(&mut self, now: Millis, out: &mut Output) {
+        if self.queue.is_empty() {
+            return;
+        }
+        for p in place(&self.queue, &self.worker_views()) {
             let Some(attempt) = self.jobs.get(&p.job).map(|l| l.job.attempt + 1) else {
                 continue;
             };

@@ -125,6 +125,7 @@ fn job_of(message: &ToAgent) -> Option<&str> {
     match message {
         ToAgent::Assign { job, .. } => Some(&job.id),
         ToAgent::Cancel { job_id, .. }
+        | ToAgent::Revoke { job_id, .. }
         | ToAgent::LogAck { job_id, .. }
         | ToAgent::ResultAck { job_id, .. } => Some(job_id),
         _ => None,

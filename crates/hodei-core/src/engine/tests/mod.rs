@@ -547,4 +547,5 @@ fn a_checksum_mismatch_is_recorded_with_the_result() {
     );
 }
 
+mod revoke;
 mod workers;
