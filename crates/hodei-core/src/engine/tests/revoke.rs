@@ -68,6 +68,7 @@ fn a_job_waiting_behind_another_is_taken_back_for_a_free_slot_elsewhere() {
         (job.state, job.worker.as_deref()),
         (JobState::Assigned, Some("b"))
     );
+    assert_eq!(job.retries, 0, "a job given back unstarted uses no retry");
 }
 
 #[test]
