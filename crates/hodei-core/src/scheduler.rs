@@ -158,6 +158,49 @@ pub fn revocations(
         .collect()
 }
 
+/// The jobs waiting for a slot on one agent, in the order it will start
+/// them (the order they were assigned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub worker: WorkerView,
+    pub waiting: Vec<(QueueKey, QueuedJob)>,
+}
+
+/// How many queued jobs [`overtaken`] looks at per worker.
+const OVERTAKE_WALK: usize = 256;
+
+/// Waiting jobs to take back because a job of higher priority would
+/// otherwise wait behind them: one assigned after them to the same agent,
+/// or one still queued that fits their worker (it could only queue behind
+/// them there). Taken back and placed again, they line up behind it. The
+/// queue is walked in key order, only while its priority is above the
+/// lowest waiting one, and at most [`OVERTAKE_WALK`] jobs per worker.
+pub fn overtaken(lines: &[Line], queue: &BTreeMap<QueueKey, QueuedJob>) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in lines {
+        let Some(lowest) = line.waiting.iter().map(|(k, _)| k.priority.0).min() else {
+            continue;
+        };
+        let fits = |job: &QueuedJob| job.requires.iter().all(|l| line.worker.labels.contains(l));
+        // The most urgent queued job that fits, if more urgent than some
+        // waiting job: it counts as last in the line.
+        let queued = queue
+            .iter()
+            .take(OVERTAKE_WALK)
+            .take_while(|(k, _)| k.priority.0 > lowest)
+            .find(|(_, j)| fits(j))
+            .map(|(k, _)| k.priority.0);
+        let mut behind = queued;
+        for (key, job) in line.waiting.iter().rev() {
+            if behind.is_some_and(|p| p > key.priority.0) {
+                out.push(job.id.clone());
+            }
+            behind = behind.max(Some(key.priority.0));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +412,50 @@ mod tests {
             ..worker("draining", &[], 3)
         };
         assert!(revocations(&[draining], &w, &[]).is_empty());
+    }
+
+    fn line(worker_id: &str, waiting: &[(&str, i32, u64)]) -> Line {
+        Line {
+            worker: worker(worker_id, &[], 0),
+            waiting: waiting
+                .iter()
+                .map(|(id, prio, seq)| {
+                    let job = QueuedJob {
+                        id: id.to_string(),
+                        requires: vec![],
+                    };
+                    (QueueKey::new(*prio, *seq), job)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn waiting_jobs_ahead_of_a_more_urgent_one_are_taken_back() {
+        // On w: low1, urgent, low2. Only low1 is ahead of urgent.
+        let lines = [line(
+            "w",
+            &[("low1", 0, 1), ("urgent", 5, 9), ("low2", 0, 2)],
+        )];
+        assert_eq!(overtaken(&lines, &BTreeMap::new()), vec!["low1"]);
+        // All of one priority: nothing to do, however long the queue.
+        let lines = [line("w", &[("a", 0, 1), ("b", 0, 2)])];
+        let q = queue(&[("c", 0, 3, &[]), ("d", 0, 4, &[])]);
+        assert!(overtaken(&lines, &q).is_empty());
+    }
+
+    #[test]
+    fn a_more_urgent_queued_job_that_fits_takes_back_the_less_urgent_waiting_ones() {
+        let lines = [line("w", &[("mid", 3, 1), ("low", 0, 2)])];
+        let q = queue(&[("urgent", 5, 9, &[])]);
+        let mut got = overtaken(&lines, &q);
+        got.sort();
+        assert_eq!(got, vec!["low", "mid"]);
+        // One it cannot run there changes nothing.
+        let q = queue(&[("urgent", 5, 9, &["gpu"])]);
+        assert!(overtaken(&lines, &q).is_empty());
+        // Nor does one less urgent than every waiting job.
+        let q = queue(&[("later", -1, 9, &[])]);
+        assert!(overtaken(&lines, &q).is_empty());
     }
 }

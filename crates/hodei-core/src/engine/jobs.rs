@@ -48,7 +48,7 @@ impl Engine {
             && let Some(w) = before.worker.as_ref().and_then(|w| self.workers.get_mut(w))
         {
             w.jobs.remove(job_id);
-            self.slots_changed = true;
+            self.recheck_waiting = true;
         }
         if state.is_terminal() {
             self.finished.push(job_id.to_string());
@@ -211,7 +211,7 @@ impl Engine {
         if self.revoking.remove(&job_id).is_some() {
             // It started before the agent saw the take-back: the slot that
             // was to run it is free for another.
-            self.slots_changed = true;
+            self.recheck_waiting = true;
         }
     }
 

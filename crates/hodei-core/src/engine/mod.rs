@@ -78,9 +78,9 @@ pub struct Engine {
     fenced: BTreeSet<(SessionId, String, u32)>,
     /// Prefetched attempts being taken back: job id → attempt.
     revoking: BTreeMap<String, u32>,
-    /// A slot may have freed (or a take-back resolved) in this batch: look
-    /// for prefetched jobs to take back at its end.
-    slots_changed: bool,
+    /// A slot may have freed, a take-back resolved or a job been queued in
+    /// this batch: look for prefetched jobs to take back at its end.
+    recheck_waiting: bool,
 }
 
 impl Engine {
@@ -99,7 +99,7 @@ impl Engine {
             finished: Vec::new(),
             fenced: BTreeSet::new(),
             revoking: BTreeMap::new(),
-            slots_changed: false,
+            recheck_waiting: false,
         }
     }
 
@@ -301,7 +301,7 @@ impl Engine {
     /// acknowledgements and drops finished jobs from memory.
     pub fn end_batch(&mut self, now: Millis, out: &mut Output) {
         self.dispatch(now, out);
-        if std::mem::take(&mut self.slots_changed) {
+        if std::mem::take(&mut self.recheck_waiting) {
             self.revoke_waiting(out);
         }
         for ((session, job_id), resend) in std::mem::take(&mut self.pending_acks) {
@@ -330,6 +330,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, job: &Job) {
+        self.recheck_waiting = true;
         self.queue.insert(
             QueueKey::new(job.spec.priority, job.seq),
             QueuedJob {

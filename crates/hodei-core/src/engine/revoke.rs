@@ -7,19 +7,24 @@
 //! it: the job is queued again, without using one of its retries, and the
 //! next dispatch gives it to the free slot. If it had started, the agent
 //! ignores the request and the slot stays free for the next candidate.
-
-use std::cmp::Reverse;
+//!
+//! The same goes for a waiting job that a job of higher priority would
+//! otherwise wait behind (one assigned after it to the same agent, or one
+//! queued that fits the agent): taken back and placed again, it lines up
+//! behind the more urgent job. Prefetch thus never delays a job of higher
+//! priority by more than the jobs already running.
 
 use super::{Engine, Output, SessionId, ToAgent};
-use crate::job::JobState;
-use crate::scheduler::{QueueKey, QueuedJob, revocations};
+use crate::job::{Job, JobState};
+use crate::scheduler::{Line, QueueKey, QueuedJob, WorkerView, overtaken, revocations};
 
 /// Why the job goes back to the queue, as its record says.
 const REASON: &str = "taken back from the agent's prefetch queue for a free slot elsewhere";
 
 impl Engine {
     /// Looks for jobs waiting in agents' prefetch queues that free slots
-    /// elsewhere can run, and asks their agents for them.
+    /// elsewhere can run, or that a more urgent job would wait behind, and
+    /// asks their agents for them.
     pub(super) fn revoke_waiting(&mut self, out: &mut Output) {
         // Take-backs that resolved: rejected, started, finished or lost.
         let jobs = &self.jobs;
@@ -27,66 +32,96 @@ impl Engine {
             jobs.get(id)
                 .is_some_and(|l| l.job.state == JobState::Assigned && l.job.attempt == *attempt)
         });
+        let lines = self.lines();
+        if lines.iter().all(|(line, _)| line.waiting.is_empty()) {
+            return;
+        }
         let views = self.worker_views();
-        if !views.iter().any(|v| !v.draining && v.free_slots > 0) {
-            return;
-        }
-        let queued = |job: &crate::job::Job| QueuedJob {
-            id: job.id.clone(),
-            requires: job.spec.required_labels().map(str::to_string).collect(),
-        };
-        let mut waiting: Vec<(QueueKey, QueuedJob, SessionId, u32)> = Vec::new();
-        for w in self.workers.values() {
-            let Some(session) = w.session else { continue };
-            let beyond = (w.jobs.len() as u32).saturating_sub(w.slots) as usize;
-            if beyond == 0 {
-                continue;
-            }
-            // The agent gives its slots in the order assignments arrived,
-            // so the attempts that wait are the newest not started.
-            let mut unstarted: Vec<&crate::job::Job> = w
-                .jobs
-                .iter()
-                .filter_map(|id| self.jobs.get(id))
-                .map(|l| &l.job)
-                .filter(|j| j.state == JobState::Assigned)
-                .collect();
-            unstarted
-                .sort_by_key(|j| Reverse((j.assigned_at, QueueKey::new(j.spec.priority, j.seq))));
-            for job in unstarted.into_iter().take(beyond) {
-                if job.cancel_requested || self.revoking.contains_key(&job.id) {
-                    continue;
-                }
-                let key = QueueKey::new(job.spec.priority, job.seq);
-                waiting.push((key, queued(job), session, job.attempt));
-            }
-        }
-        if waiting.is_empty() {
-            return;
-        }
+        let mut waiting: Vec<&(QueueKey, QueuedJob)> = lines
+            .iter()
+            .flat_map(|(line, _)| &line.waiting)
+            .filter(|(_, job)| !self.revoking.contains_key(&job.id))
+            .collect();
         // The most urgent first, as the queue would give them slots.
-        waiting.sort_by_key(|(key, ..)| *key);
+        waiting.sort_by_key(|(key, _)| *key);
+        let candidates: Vec<QueuedJob> = waiting.into_iter().map(|(_, j)| j.clone()).collect();
         let in_flight: Vec<QueuedJob> = self
             .revoking
             .keys()
             .filter_map(|id| self.jobs.get(id))
             .map(|l| queued(&l.job))
             .collect();
-        let candidates: Vec<QueuedJob> = waiting.iter().map(|(_, j, ..)| j.clone()).collect();
-        for id in revocations(&views, &candidates, &in_flight) {
-            let Some((_, job, session, attempt)) = waiting.iter().find(|(_, j, ..)| j.id == id)
+        let mut picks = revocations(&views, &candidates, &in_flight);
+        let plain: Vec<Line> = lines.iter().map(|(line, _)| line.clone()).collect();
+        picks.extend(overtaken(&plain, &self.queue));
+        for id in picks {
+            let Some(session) = lines
+                .iter()
+                .find(|(line, _)| line.waiting.iter().any(|(_, j)| j.id == id))
+                .map(|(_, session)| *session)
             else {
                 continue;
             };
-            self.revoking.insert(job.id.clone(), *attempt);
+            let Some(attempt) = self.jobs.get(&id).map(|l| l.job.attempt) else {
+                continue;
+            };
+            if self.revoking.insert(id.clone(), attempt).is_some() {
+                continue;
+            }
             out.messages.push((
-                *session,
+                session,
                 ToAgent::Revoke {
-                    job_id: job.id.clone(),
-                    attempt: *attempt,
+                    job_id: id,
+                    attempt,
                     reason: REASON.to_string(),
                 },
             ));
         }
+    }
+
+    /// Each attached worker's waiting jobs, in the order its agent will
+    /// give them slots, with its session. The agent gives its slots in the
+    /// order assignments arrived, so the jobs that wait are the newest of
+    /// those not started.
+    fn lines(&self) -> Vec<(Line, SessionId)> {
+        let mut lines = Vec::new();
+        for (id, w) in &self.workers {
+            let Some(session) = w.session else { continue };
+            let beyond = w.jobs.len().saturating_sub(w.slots as usize);
+            if beyond == 0 {
+                continue;
+            }
+            let mut unstarted: Vec<&Job> = w
+                .jobs
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .map(|l| &l.job)
+                .filter(|j| j.state == JobState::Assigned && !j.cancel_requested)
+                .collect();
+            unstarted.sort_by_key(|j| (j.assigned_at, QueueKey::new(j.spec.priority, j.seq)));
+            let skip = unstarted.len().saturating_sub(beyond);
+            let waiting = unstarted
+                .into_iter()
+                .skip(skip)
+                .map(|j| (QueueKey::new(j.spec.priority, j.seq), queued(j)))
+                .collect();
+            let worker = WorkerView {
+                id: id.clone(),
+                labels: w.labels.clone(),
+                free_slots: 0,
+                queue_room: 0,
+                draining: w.draining,
+            };
+            lines.push((Line { worker, waiting }, session));
+        }
+        lines
+    }
+}
+
+/// A job as the scheduler sees it.
+fn queued(job: &Job) -> QueuedJob {
+    QueuedJob {
+        id: job.id.clone(),
+        requires: job.spec.required_labels().map(str::to_string).collect(),
     }
 }

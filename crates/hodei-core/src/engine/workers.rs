@@ -136,7 +136,7 @@ impl Engine {
         w.draining = false;
         w.last_seen = now;
         let held: Vec<String> = w.jobs.iter().cloned().collect();
-        self.slots_changed = true;
+        self.recheck_waiting = true;
         if let Some(old) = replaced.filter(|old| *old != session) {
             self.sessions.remove(&old);
             out.close_sessions.push(old);

@@ -100,3 +100,52 @@ fn a_queued_job_takes_a_free_slot_before_any_waiting_job_is_taken_back() {
     assert_eq!(assigned(&out), [(2, "new".to_string(), 1)]);
     assert!(revoked(&out).is_empty());
 }
+
+fn urgent(req: RequestId, id: &str) -> Input {
+    let spec = JobSpec {
+        priority: 5,
+        ..JobSpec::command(["x"])
+    };
+    submit(req, id, spec)
+}
+
+#[test]
+fn a_waiting_job_ahead_of_a_more_urgent_one_on_the_same_agent_goes_behind_it() {
+    // a: one slot, room for two more; j1 runs, j2 waits.
+    let mut e = engine();
+    batch(&mut e, 0, vec![attach_prefetching(1, "a", 1, 2)]);
+    batch(
+        &mut e,
+        1,
+        vec![
+            submit(1, "j1", JobSpec::command(["x"])),
+            submit(2, "j2", JobSpec::command(["x"])),
+        ],
+    );
+    batch(&mut e, 2, vec![started(1, "j1", 1)]);
+    // The urgent job takes the last room on a, behind j2: j2 is asked back.
+    let out = batch(&mut e, 3, vec![urgent(3, "urgent")]);
+    assert_eq!(assigned(&out), [(1, "urgent".to_string(), 1)]);
+    assert_eq!(revoked(&out), [(1, "j2".to_string(), 1)]);
+    // Given back, j2 is assigned again: now behind the urgent job.
+    let out = batch(&mut e, 4, vec![rejected(1, "j2", 1)]);
+    assert_eq!(assigned(&out), [(1, "j2".to_string(), 2)]);
+    assert!(revoked(&out).is_empty(), "in order now");
+}
+
+#[test]
+fn a_more_urgent_queued_job_takes_back_the_waiting_jobs_it_would_queue_behind() {
+    let mut e = busy_agent_with_waiting_jobs(1);
+    // No room on a: the urgent job queues, and j2 is asked back.
+    let out = batch(&mut e, 3, vec![urgent(9, "urgent")]);
+    assert!(assigned(&out).is_empty());
+    assert_eq!(revoked(&out), [(1, "j2".to_string(), 1)]);
+    // Given back: the urgent job takes the room; j2 queues behind it.
+    let out = batch(&mut e, 4, vec![rejected(1, "j2", 1)]);
+    assert_eq!(assigned(&out), [(1, "urgent".to_string(), 1)]);
+    assert_eq!(e.live_job("j2").map(|j| j.state), Some(JobState::Queued));
+    assert!(revoked(&out).is_empty());
+    // Jobs of equal priority never take each other back.
+    let out = batch(&mut e, 5, vec![submit(10, "j3", JobSpec::command(["x"]))]);
+    assert!(revoked(&out).is_empty());
+}
