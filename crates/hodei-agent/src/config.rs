@@ -6,9 +6,6 @@ use std::time::Duration;
 
 use crate::docker::DockerConfig;
 
-/// Assignments an agent queues beyond its slots unless told otherwise.
-pub const DEFAULT_PREFETCH: u32 = 1;
-
 /// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -21,7 +18,10 @@ pub struct AgentConfig {
     pub labels: Vec<String>,
     pub slots: u32,
     /// Assignments taken beyond `slots`, queued until a slot frees (so the
-    /// next job starts without a round trip to the orchestrator).
+    /// next job starts without a round trip to the orchestrator). By
+    /// default as many as the slots. The orchestrator takes back a queued
+    /// one when another agent has a free slot for it, or when a more urgent
+    /// job would wait behind it.
     pub prefetch: u32,
     pub work_dir: PathBuf,
     pub keep_work_dirs: bool,
@@ -44,12 +44,13 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// An agent of one orchestrator `server`, named `name`.
     pub fn new(server: impl Into<String>, name: impl Into<String>) -> AgentConfig {
+        let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         AgentConfig {
             servers: vec![server.into()],
             name: name.into(),
             labels: Vec::new(),
-            slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            prefetch: DEFAULT_PREFETCH,
+            slots,
+            prefetch: slots,
             work_dir: std::env::temp_dir().join("hodei-work"),
             keep_work_dirs: false,
             spool_dir: None,

@@ -323,8 +323,9 @@ async fn dashboard_in_a_real_browser() {
         assert!(row_text.contains(want), "{want:?} not in {row_text:?}");
     }
     screenshot(&browser, "workers").await;
-    // Four long jobs on three slots: the agent (prefetch 1 by default)
-    // holds the fourth, waiting for a slot; the row updates live.
+    // Four long jobs on three slots: the agent (prefetch 3 by default, as
+    // many as its slots) holds the fourth, waiting for a slot; the row
+    // updates live.
     let sleepers: Vec<String> = (1..=4).map(|i| format!("browser-sleep-{i}")).collect();
     for id in &sleepers {
         let job = SubmitRequest {

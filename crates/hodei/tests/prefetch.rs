@@ -56,7 +56,11 @@ async fn a_job_waiting_behind_a_long_one_moves_to_an_agent_with_a_free_slot() {
     // busy and runs there, while the long job still runs.
     let _free = AgentProc::start(&server.url, "free", &work("free"), &["--slots", "1"]);
     let job = wait_for(DEADLINE, "the short job to finish", || async {
-        client.job(&short).await.ok().filter(|j| j.state.is_terminal())
+        client
+            .job(&short)
+            .await
+            .ok()
+            .filter(|j| j.state.is_terminal())
     })
     .await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
@@ -69,7 +73,11 @@ async fn a_job_waiting_behind_a_long_one_moves_to_an_agent_with_a_free_slot() {
     assert_eq!(long_job.worker.as_deref(), Some("busy"));
     client.cancel(&long).await.expect("cancel");
     wait_for(DEADLINE, "the long job to end", || async {
-        client.job(&long).await.ok().filter(|j| j.state.is_terminal())
+        client
+            .job(&long)
+            .await
+            .ok()
+            .filter(|j| j.state.is_terminal())
     })
     .await;
 }

@@ -119,11 +119,12 @@ pub struct AgentArgs {
     pub slots: Option<u32>,
     /// Assignments taken beyond the slots, queued and started as slots
     /// free, so short jobs start without a round trip to the orchestrator
-    /// (0: none). A queued job waits for this agent's slots even if
-    /// another agent frees one first. At most 1,024.
-    #[arg(long, env = "HODEI_PREFETCH", default_value_t = hodei_agent::config::DEFAULT_PREFETCH,
+    /// (0: none); defaults to the slots. The orchestrator takes a queued
+    /// one back when another agent has a free slot for it or a more urgent
+    /// job would wait behind it. At most 1,024.
+    #[arg(long, env = "HODEI_PREFETCH",
           value_parser = clap::value_parser!(u32).range(0..=i64::from(hodei_core::engine::MAX_PREFETCH)))]
-    pub prefetch: u32,
+    pub prefetch: Option<u32>,
     /// Per-job working directories are made under this one.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -190,7 +191,10 @@ impl AgentArgs {
         if let Some(slots) = self.slots {
             config.slots = slots.max(1);
         }
-        config.prefetch = self.prefetch;
+        config.prefetch = self
+            .prefetch
+            .unwrap_or(config.slots)
+            .min(hodei_core::engine::MAX_PREFETCH);
         config.work_dir = self
             .work_dir
             .clone()
@@ -263,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_defaults_to_one_and_refuses_more_than_the_orchestrator_takes() {
+    fn prefetch_defaults_to_the_slots_and_refuses_more_than_the_orchestrator_takes() {
         let prefetch = |args: &[&str]| {
             Cli::try_parse_from(["hodei", "agent"].iter().chain(args)).map(|cli| {
                 let Command::Agent(agent) = cli.command else {
@@ -272,7 +276,8 @@ mod tests {
                 agent.config().prefetch
             })
         };
-        assert_eq!(prefetch(&[]).expect("parses"), 1);
+        assert_eq!(prefetch(&["--slots", "3"]).expect("parses"), 3);
+        assert_eq!(prefetch(&["--slots", "5000"]).expect("parses"), 1024);
         assert_eq!(prefetch(&["--prefetch", "0"]).expect("parses"), 0);
         assert_eq!(prefetch(&["--prefetch", "1024"]).expect("parses"), 1024);
         let too_many = prefetch(&["--prefetch", "1025"]).expect_err("refused");
