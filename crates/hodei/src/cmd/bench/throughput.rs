@@ -90,6 +90,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut r = Report::new("throughput");
     r.set("jobs", n);
     r.set("slots", plan.slots);
+    // The agent's prefetch: HODEI_PREFETCH, else as many as its slots.
+    let prefetch = std::env::var("HODEI_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(plan.slots);
+    r.set("prefetch", prefetch);
     r.set("jobs_per_request", plan.batch.unwrap_or(1));
     r.set("failed", failed);
     r.set("seconds", round3(elapsed.as_secs_f64()));
