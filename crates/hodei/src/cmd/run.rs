@@ -133,14 +133,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     });
     let to_writer = tx.clone();
     let job_id = id.clone();
+    // Whether the attempt followed printed anything: a new attempt after
+    // output is worth a note (its output starts over); one after an
+    // attempt given back unstarted (revoked, or rejected) is not.
+    let mut printed = false;
     let mut follow = Box::pin(
         client.follow(&id, Duration::from_secs(30), move |ev| match ev {
             FollowEvent::Log { stream, data, .. } => {
+                printed = true;
                 let _ = to_writer.send((stream, data));
             }
             FollowEvent::Attempt(n) => {
-                let note = format!("hodei: job {job_id} is running again (attempt {n})\n");
-                let _ = to_writer.send((LogStream::Stderr, note.into()));
+                if std::mem::take(&mut printed) {
+                    let note = format!(
+                        "hodei: job {job_id} is running again (attempt {n}); its output starts over\n"
+                    );
+                    let _ = to_writer.send((LogStream::Stderr, note.into()));
+                }
             }
         }),
     );
