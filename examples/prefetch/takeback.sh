@@ -18,13 +18,17 @@ pids=()
 cleanup() {
   # The agents would drain (and wait for an orchestrator to take the 5 s
   # job's result): stop everything at once.
-  { kill -9 "${pids[@]}"; wait; } 2>/dev/null || true
+  kill -9 "${pids[@]}" 2>/dev/null || true
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  done
   rm -rf "$dir"
 }
 trap cleanup EXIT
 port=$((30000 + RANDOM % 20000))
 "$bin" server --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
 pids+=($!)
+disown
 for _ in $(seq 1 100); do [ -s "$dir/data/agent.token" ] && break; sleep 0.1; done
 export HODEI_SERVER="http://127.0.0.1:$port"
 HODEI_TOKEN=$(cat "$dir/data/admin.token")
@@ -34,6 +38,7 @@ for name in a b; do
   "$bin" agent --name "$name" --slots 1 --prefetch 1 --no-docker \
     --work-dir "$dir/work-$name" >"$dir/agent-$name.log" 2>&1 &
   pids+=($!)
+  disown
 done
 for _ in $(seq 1 100); do
   [ "$("$bin" workers 2>/dev/null | grep -c ready)" -ge 2 ] && break
