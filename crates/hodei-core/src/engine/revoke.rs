@@ -18,8 +18,13 @@ use super::{Engine, Output, SessionId, ToAgent};
 use crate::job::{Job, JobState};
 use crate::scheduler::{Line, QueueKey, QueuedJob, WorkerView, overtaken, revocations};
 
-/// Why the job goes back to the queue, as its record says.
-const REASON: &str = "taken back from the agent's prefetch queue for a free slot elsewhere";
+/// Why the job goes back to the queue, as its record says: a free slot
+/// elsewhere can run it.
+const FOR_FREE_SLOT: &str = "taken back from the agent's prefetch queue for a free slot elsewhere";
+/// Why the job goes back to the queue: a more urgent job would wait behind
+/// it.
+const FOR_URGENT_JOB: &str =
+    "taken back from the agent's prefetch queue for a job of higher priority";
 
 impl Engine {
     /// Looks for jobs waiting in agents' prefetch queues that free slots
@@ -32,14 +37,14 @@ impl Engine {
             jobs.get(id)
                 .is_some_and(|l| l.job.state == JobState::Assigned && l.job.attempt == *attempt)
         });
-        let lines = self.lines();
-        if lines.iter().all(|(line, _)| line.waiting.is_empty()) {
+        let (lines, sessions) = self.lines();
+        if lines.iter().all(|line| line.waiting.is_empty()) {
             return;
         }
         let views = self.worker_views();
         let mut waiting: Vec<&(QueueKey, QueuedJob)> = lines
             .iter()
-            .flat_map(|(line, _)| &line.waiting)
+            .flat_map(|line| &line.waiting)
             .filter(|(_, job)| !self.revoking.contains_key(&job.id))
             .collect();
         // The most urgent first, as the queue would give them slots.
@@ -51,14 +56,19 @@ impl Engine {
             .filter_map(|id| self.jobs.get(id))
             .map(|l| queued(&l.job))
             .collect();
-        let mut picks = revocations(&views, &candidates, &in_flight);
-        let plain: Vec<Line> = lines.iter().map(|(line, _)| line.clone()).collect();
-        picks.extend(overtaken(&plain, &self.queue));
-        for id in picks {
+        let picks = revocations(&views, &candidates, &in_flight)
+            .into_iter()
+            .map(|id| (id, FOR_FREE_SLOT))
+            .chain(
+                overtaken(&lines, &self.queue)
+                    .into_iter()
+                    .map(|id| (id, FOR_URGENT_JOB)),
+            );
+        for (id, reason) in picks {
             let Some(session) = lines
                 .iter()
-                .find(|(line, _)| line.waiting.iter().any(|(_, j)| j.id == id))
-                .map(|(_, session)| *session)
+                .position(|line| line.waiting.iter().any(|(_, j)| j.id == id))
+                .map(|i| sessions[i])
             else {
                 continue;
             };
@@ -73,7 +83,7 @@ impl Engine {
                 ToAgent::Revoke {
                     job_id: id,
                     attempt,
-                    reason: REASON.to_string(),
+                    reason: reason.to_string(),
                 },
             ));
         }
@@ -83,8 +93,8 @@ impl Engine {
     /// give them slots, with its session. The agent gives its slots in the
     /// order assignments arrived, so the jobs that wait are the newest of
     /// those not started.
-    fn lines(&self) -> Vec<(Line, SessionId)> {
-        let mut lines = Vec::new();
+    fn lines(&self) -> (Vec<Line>, Vec<SessionId>) {
+        let (mut lines, mut sessions) = (Vec::new(), Vec::new());
         for (id, w) in &self.workers {
             let Some(session) = w.session else { continue };
             let beyond = w.jobs.len().saturating_sub(w.slots as usize);
@@ -112,9 +122,10 @@ impl Engine {
                 queue_room: 0,
                 draining: w.draining,
             };
-            lines.push((Line { worker, waiting }, session));
+            lines.push(Line { worker, waiting });
+            sessions.push(session);
         }
-        lines
+        (lines, sessions)
     }
 }
 

@@ -140,6 +140,10 @@ fn a_more_urgent_queued_job_takes_back_the_waiting_jobs_it_would_queue_behind() 
     let out = batch(&mut e, 3, vec![urgent(9, "urgent")]);
     assert!(assigned(&out).is_empty());
     assert_eq!(revoked(&out), [(1, "j2".to_string(), 1)]);
+    let said = out.messages.iter().any(
+        |(_, m)| matches!(m, ToAgent::Revoke { reason, .. } if reason.contains("higher priority")),
+    );
+    assert!(said, "the reason names the priority: {:?}", out.messages);
     // Given back: the urgent job takes the room; j2 queues behind it.
     let out = batch(&mut e, 4, vec![rejected(1, "j2", 1)]);
     assert_eq!(assigned(&out), [(1, "urgent".to_string(), 1)]);
