@@ -59,23 +59,47 @@ fn result<'a>(seen: &'a [A], job: &str) -> Option<&'a pb::JobResult> {
     })
 }
 
+/// A running agent of one slot that queues `prefetch` more, attached to a
+/// fake orchestrator that welcomed it; what its `Hello` said of prefetch.
+struct Attached {
+    s: Session,
+    agent: tokio::task::JoinHandle<Result<(), hodei_agent::AgentError>>,
+    _drain: tokio::sync::watch::Sender<bool>,
+    hello_prefetch: u32,
+}
+
+async fn attached(work: &Path, prefetch: u32) -> Attached {
+    let (url, mut sessions) = fake_server().await;
+    let mut config = AgentConfig::new(url, "agent-1");
+    config.work_dir = work.to_path_buf();
+    config.slots = 1;
+    config.prefetch = prefetch;
+    let (agent, drain) = support::start_agent(config);
+    let mut s = support::dialled(&mut sessions).await;
+    let A::Hello(hello) = s.next().await else {
+        panic!("Hello first")
+    };
+    s.send(support::welcome()).await;
+    Attached {
+        s,
+        agent,
+        _drain: drain,
+        hello_prefetch: hello.prefetch,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefetched_job_waits_for_the_slot_and_can_be_cancelled_unstarted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stop = dir.path().join("stop");
     let pid_file = dir.path().join("pid");
-    let (url, mut sessions) = fake_server().await;
-    let mut config = AgentConfig::new(url, "agent-1");
-    config.work_dir = dir.path().join("work");
-    config.slots = 1;
-    config.prefetch = 1;
-    let (agent, _drain_tx) = support::start_agent(config);
-    let mut s = support::dialled(&mut sessions).await;
-    let A::Hello(hello) = s.next().await else {
-        panic!("Hello first")
-    };
-    assert_eq!(hello.prefetch, 1);
-    s.send(support::welcome()).await;
+    let Attached {
+        mut s,
+        agent,
+        hello_prefetch,
+        ..
+    } = attached(&dir.path().join("work"), 1).await;
+    assert_eq!(hello_prefetch, 1);
 
     // One running, one queued, one too many.
     let blocker = wait_for(&stop, &pid_file);
@@ -156,17 +180,7 @@ async fn a_waiting_job_is_given_back_when_revoked_and_a_started_one_is_not() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stop = dir.path().join("stop");
     let pid_file = dir.path().join("pid");
-    let (url, mut sessions) = fake_server().await;
-    let mut config = AgentConfig::new(url, "agent-1");
-    config.work_dir = dir.path().join("work");
-    config.slots = 1;
-    config.prefetch = 2;
-    let (agent, _drain_tx) = support::start_agent(config);
-    let mut s = support::dialled(&mut sessions).await;
-    let A::Hello(_) = s.next().await else {
-        panic!("Hello first")
-    };
-    s.send(support::welcome()).await;
+    let Attached { mut s, agent, .. } = attached(&dir.path().join("work"), 2).await;
 
     // One running; two waiting behind it.
     let blocker = wait_for(&stop, &pid_file);

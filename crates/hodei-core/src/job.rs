@@ -495,21 +495,23 @@ mod tests {
         assert_eq!(back, Outcome::OomKilled);
     }
 
+    /// The job after its worker is declared lost.
+    fn lose(j: &Job) -> Job {
+        transition(
+            j,
+            &JobEvent::WorkerLost {
+                attempt: j.attempt,
+                reason: "silent".into(),
+            },
+            0,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn lost_job_is_requeued_while_retries_remain() {
         let mut job = job_in(JobState::Running, 1);
         job.spec.max_retries = 1;
-        let lose = |j: &Job| {
-            transition(
-                j,
-                &JobEvent::WorkerLost {
-                    attempt: j.attempt,
-                    reason: "silent".into(),
-                },
-                0,
-            )
-            .unwrap()
-        };
         let again = lose(&job);
         assert_eq!(again.state, JobState::Queued);
         let mut second = transition(
@@ -541,17 +543,6 @@ mod tests {
             .unwrap();
             next.state = JobState::Running;
             next
-        };
-        let lose = |j: &Job| {
-            transition(
-                j,
-                &JobEvent::WorkerLost {
-                    attempt: j.attempt,
-                    reason: "silent".into(),
-                },
-                0,
-            )
-            .unwrap()
         };
         let rejected = transition(
             &job,
