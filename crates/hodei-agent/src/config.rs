@@ -18,11 +18,11 @@ pub struct AgentConfig {
     pub labels: Vec<String>,
     pub slots: u32,
     /// Assignments taken beyond `slots`, queued until a slot frees (so the
-    /// next job starts without a round trip to the orchestrator). By
-    /// default as many as the slots. The orchestrator takes back a queued
-    /// one when another agent has a free slot for it, or when a more urgent
-    /// job would wait behind it.
-    pub prefetch: u32,
+    /// next job starts without a round trip to the orchestrator); `None`:
+    /// as many as the slots (see [`AgentConfig::prefetch()`]). The
+    /// orchestrator takes back a queued one when another agent has a free
+    /// slot for it, or when a more urgent job would wait behind it.
+    pub prefetch: Option<u32>,
     pub work_dir: PathBuf,
     pub keep_work_dirs: bool,
     /// The log spool; `None`: `<work_dir>/spool`.
@@ -44,13 +44,12 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// An agent of one orchestrator `server`, named `name`.
     pub fn new(server: impl Into<String>, name: impl Into<String>) -> AgentConfig {
-        let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         AgentConfig {
             servers: vec![server.into()],
             name: name.into(),
             labels: Vec::new(),
-            slots,
-            prefetch: slots,
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            prefetch: None,
             work_dir: std::env::temp_dir().join("hodei-work"),
             keep_work_dirs: false,
             spool_dir: None,
@@ -65,6 +64,15 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    /// Assignments the agent takes beyond its slots: as set, else as many
+    /// as its slots; at most what an orchestrator takes
+    /// ([`hodei_core::engine::MAX_PREFETCH`]).
+    pub fn prefetch(&self) -> u32 {
+        self.prefetch
+            .unwrap_or(self.slots)
+            .min(hodei_core::engine::MAX_PREFETCH)
+    }
+
     /// The same agent with these orchestrator URLs (replicas) instead.
     pub fn with_servers(mut self, servers: Vec<String>) -> AgentConfig {
         self.servers = servers;

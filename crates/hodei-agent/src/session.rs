@@ -217,7 +217,7 @@ async fn session(
         labels: Vec::new(),
         running: outbox.attempts(),
         protocol_version: hwp_proto::PROTOCOL_VERSION,
-        prefetch: config.prefetch,
+        prefetch: config.prefetch(),
     };
     if tx.send(message(Body::Hello(hello))).await.is_err() {
         return SessionEnd::Lost("session closed before Hello".into());
@@ -322,7 +322,7 @@ async fn handle(
             let refused = if draining {
                 Err("agent is draining".to_string())
             } else if runner.outbox.running()
-                >= config.slots.saturating_add(config.prefetch) as usize
+                >= config.slots.saturating_add(config.prefetch()) as usize
             {
                 Err("no free slot".to_string())
             } else {

@@ -73,7 +73,7 @@ async fn attached(work: &Path, prefetch: u32) -> Attached {
     let mut config = AgentConfig::new(url, "agent-1");
     config.work_dir = work.to_path_buf();
     config.slots = 1;
-    config.prefetch = prefetch;
+    config.prefetch = Some(prefetch);
     let (agent, drain) = support::start_agent(config);
     let mut s = support::dialled(&mut sessions).await;
     let A::Hello(hello) = s.next().await else {

@@ -41,6 +41,13 @@ pub struct QueuedJob {
     pub requires: Vec<String>,
 }
 
+impl QueuedJob {
+    /// Whether a worker with `labels` can run it.
+    pub fn fits(&self, labels: &BTreeSet<String>) -> bool {
+        self.requires.iter().all(|l| labels.contains(l))
+    }
+}
+
 /// What the scheduler needs to know about a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerView {
@@ -95,7 +102,7 @@ fn place_by<'a>(
     let mut skipped = Vec::new();
     while !free.is_empty() {
         let Some(job) = jobs.next() else { break };
-        let fits = |i: usize| job.requires.iter().all(|l| workers[i].labels.contains(l));
+        let fits = |i: usize| job.fits(&workers[i].labels);
         let best = free
             .iter()
             .enumerate()
@@ -125,7 +132,8 @@ fn place_by<'a>(
 /// Which of the jobs waiting in agents' prefetch queues to take back, so
 /// that the free slots left after [`place`] run them instead of idling.
 ///
-/// `workers` are the views after placement; `waiting` the jobs held beyond
+/// `workers` are the views after placement (only those with free slots
+/// matter); `waiting` the jobs held beyond
 /// their workers' slots, in the order they should get a slot (queue key
 /// order); `in_flight` the jobs already being taken back, which will fill
 /// free slots they fit first. Each job taken back needs a free slot that
@@ -144,8 +152,9 @@ pub fn revocations(
         .map(|(i, w)| (i, w.free_slots))
         .collect();
     let mut take = |job: &QueuedJob| {
-        let fits = |i: usize| job.requires.iter().all(|l| workers[i].labels.contains(l));
-        let pos = free.iter().position(|(i, left)| *left > 0 && fits(*i));
+        let pos = free
+            .iter()
+            .position(|(i, left)| *left > 0 && job.fits(&workers[*i].labels));
         pos.map(|pos| free[pos].1 -= 1).is_some()
     };
     for job in in_flight {
@@ -159,10 +168,10 @@ pub fn revocations(
 }
 
 /// The jobs waiting for a slot on one agent, in the order it will start
-/// them (the order they were assigned).
+/// them (the order they were assigned), and its worker's labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    pub worker: WorkerView,
+pub struct Line<'a> {
+    pub labels: &'a BTreeSet<String>,
     pub waiting: Vec<(QueueKey, QueuedJob)>,
 }
 
@@ -175,20 +184,19 @@ const OVERTAKE_WALK: usize = 256;
 /// them there). Taken back and placed again, they line up behind it. The
 /// queue is walked in key order, only while its priority is above the
 /// lowest waiting one, and at most [`OVERTAKE_WALK`] jobs per worker.
-pub fn overtaken(lines: &[Line], queue: &BTreeMap<QueueKey, QueuedJob>) -> Vec<String> {
+pub fn overtaken(lines: &[Line<'_>], queue: &BTreeMap<QueueKey, QueuedJob>) -> Vec<String> {
     let mut out = Vec::new();
     for line in lines {
         let Some(lowest) = line.waiting.iter().map(|(k, _)| k.priority.0).min() else {
             continue;
         };
-        let fits = |job: &QueuedJob| job.requires.iter().all(|l| line.worker.labels.contains(l));
         // The most urgent queued job that fits, if more urgent than some
         // waiting job: it counts as last in the line.
         let queued = queue
             .iter()
             .take(OVERTAKE_WALK)
             .take_while(|(k, _)| k.priority.0 > lowest)
-            .find(|(_, j)| fits(j))
+            .find(|(_, j)| j.fits(line.labels))
             .map(|(k, _)| k.priority.0);
         let mut behind = queued;
         for (key, job) in line.waiting.iter().rev() {
@@ -414,9 +422,9 @@ mod tests {
         assert!(revocations(&[draining], &w, &[]).is_empty());
     }
 
-    fn line(worker_id: &str, waiting: &[(&str, i32, u64)]) -> Line {
+    fn line<'a>(labels: &'a BTreeSet<String>, waiting: &[(&str, i32, u64)]) -> Line<'a> {
         Line {
-            worker: worker(worker_id, &[], 0),
+            labels,
             waiting: waiting
                 .iter()
                 .map(|(id, prio, seq)| {
@@ -433,20 +441,22 @@ mod tests {
     #[test]
     fn waiting_jobs_ahead_of_a_more_urgent_one_are_taken_back() {
         // On w: low1, urgent, low2. Only low1 is ahead of urgent.
+        let none = BTreeSet::new();
         let lines = [line(
-            "w",
+            &none,
             &[("low1", 0, 1), ("urgent", 5, 9), ("low2", 0, 2)],
         )];
         assert_eq!(overtaken(&lines, &BTreeMap::new()), vec!["low1"]);
         // All of one priority: nothing to do, however long the queue.
-        let lines = [line("w", &[("a", 0, 1), ("b", 0, 2)])];
+        let lines = [line(&none, &[("a", 0, 1), ("b", 0, 2)])];
         let q = queue(&[("c", 0, 3, &[]), ("d", 0, 4, &[])]);
         assert!(overtaken(&lines, &q).is_empty());
     }
 
     #[test]
     fn a_more_urgent_queued_job_that_fits_takes_back_the_less_urgent_waiting_ones() {
-        let lines = [line("w", &[("mid", 3, 1), ("low", 0, 2)])];
+        let none = BTreeSet::new();
+        let lines = [line(&none, &[("mid", 3, 1), ("low", 0, 2)])];
         let q = queue(&[("urgent", 5, 9, &[])]);
         let mut got = overtaken(&lines, &q);
         got.sort();

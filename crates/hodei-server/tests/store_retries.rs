@@ -123,14 +123,12 @@ async fn an_upgraded_database_counts_the_retries_jobs_had(backend: Backend) {
     let migrator = sqlx::migrate::Migrator::new(old.path())
         .await
         .expect("old migrations");
-    let insert = |id: &str, seq: i64, attempt: i64| {
-        format!(
-            "INSERT INTO jobs (id, seq, state, attempt, cancel_requested, name, priority, spec, \
-             created_at) VALUES ('{id}', {seq}, 'queued', {attempt}, 0, '', 0, \
-             '{{\"command\":[\"true\"]}}', 1000)"
-        )
-    };
-    let rows = [("never", 1, 0), ("first", 2, 1), ("third", 3, 3)];
+    // Jobs at attempt 0, 1 and 3, as a version-5 server wrote them.
+    let insert = "INSERT INTO jobs (id, seq, state, attempt, cancel_requested, name, priority, \
+         spec, created_at) VALUES \
+         ('never', 1, 'queued', 0, 0, '', 0, '{\"command\":[\"true\"]}', 1000), \
+         ('first', 2, 'queued', 1, 0, '', 0, '{\"command\":[\"true\"]}', 1000), \
+         ('third', 3, 'queued', 3, 0, '', 0, '{\"command\":[\"true\"]}', 1000)";
     match &db.pg_url {
         None => {
             let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -140,12 +138,10 @@ async fn an_upgraded_database_counts_the_retries_jobs_had(backend: Backend) {
                 .await
                 .expect("connect");
             migrator.run(&mut conn).await.expect("migrate to version 5");
-            for (id, seq, attempt) in rows {
-                sqlx::query(&insert(id, seq, attempt))
-                    .execute(&mut conn)
-                    .await
-                    .expect("insert job");
-            }
+            sqlx::raw_sql(insert)
+                .execute(&mut conn)
+                .await
+                .expect("insert");
             conn.close().await.expect("close");
         }
         Some(url) => {
@@ -153,12 +149,10 @@ async fn an_upgraded_database_counts_the_retries_jobs_had(backend: Backend) {
                 .await
                 .expect("connect");
             migrator.run(&mut conn).await.expect("migrate to version 5");
-            for (id, seq, attempt) in rows {
-                sqlx::query(&insert(id, seq, attempt))
-                    .execute(&mut conn)
-                    .await
-                    .expect("insert job");
-            }
+            sqlx::raw_sql(insert)
+                .execute(&mut conn)
+                .await
+                .expect("insert");
             conn.close().await.expect("close");
         }
     }

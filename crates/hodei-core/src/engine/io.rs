@@ -305,6 +305,11 @@ pub enum Notice {
     LogAppended {
         job_id: String,
     },
+    /// Another replica changed the job's record or stored some of its log
+    /// (it does not say which): followers here read both again.
+    JobTouched {
+        job_id: String,
+    },
     /// A worker attached, detached, registered, started draining or went
     /// offline. (Its running jobs change with `JobChanged` notices.)
     WorkerChanged {

@@ -331,18 +331,24 @@ impl Engine {
 
     fn enqueue(&mut self, job: &Job) {
         self.recheck_waiting = true;
-        self.queue.insert(
-            QueueKey::new(job.spec.priority, job.seq),
-            QueuedJob {
-                id: job.id.clone(),
-                requires: job.spec.required_labels().map(str::to_string).collect(),
-            },
-        );
+        self.queue.insert(queue_key(job), queued_job(job));
     }
 
     fn dequeue(&mut self, job: &Job) {
-        self.queue
-            .remove(&QueueKey::new(job.spec.priority, job.seq));
+        self.queue.remove(&queue_key(job));
+    }
+}
+
+/// Where `job` stands in the queue: priority, then submission order.
+fn queue_key(job: &Job) -> QueueKey {
+    QueueKey::new(job.spec.priority, job.seq)
+}
+
+/// `job` as the scheduler sees it.
+fn queued_job(job: &Job) -> QueuedJob {
+    QueuedJob {
+        id: job.id.clone(),
+        requires: job.spec.required_labels().map(str::to_string).collect(),
     }
 }
 

@@ -14,9 +14,9 @@
 //! behind the more urgent job. Prefetch thus never delays a job of higher
 //! priority by more than the jobs already running.
 
-use super::{Engine, Output, SessionId, ToAgent};
+use super::{Engine, Output, SessionId, ToAgent, queue_key, queued_job};
 use crate::job::{Job, JobState};
-use crate::scheduler::{Line, QueueKey, QueuedJob, WorkerView, overtaken, revocations};
+use crate::scheduler::{Line, QueueKey, QueuedJob, overtaken, revocations};
 
 /// Why the job goes back to the queue, as its record says: a free slot
 /// elsewhere can run it.
@@ -38,32 +38,33 @@ impl Engine {
                 .is_some_and(|l| l.job.state == JobState::Assigned && l.job.attempt == *attempt)
         });
         let (lines, sessions) = self.lines();
-        if lines.iter().all(|line| line.waiting.is_empty()) {
+        if lines.is_empty() {
             return;
         }
-        let views = self.worker_views();
-        let mut waiting: Vec<&(QueueKey, QueuedJob)> = lines
-            .iter()
-            .flat_map(|line| &line.waiting)
-            .filter(|(_, job)| !self.revoking.contains_key(&job.id))
-            .collect();
-        // The most urgent first, as the queue would give them slots.
-        waiting.sort_by_key(|(key, _)| *key);
-        let candidates: Vec<QueuedJob> = waiting.into_iter().map(|(_, j)| j.clone()).collect();
-        let in_flight: Vec<QueuedJob> = self
-            .revoking
-            .keys()
-            .filter_map(|id| self.jobs.get(id))
-            .map(|l| queued(&l.job))
-            .collect();
-        let picks = revocations(&views, &candidates, &in_flight)
-            .into_iter()
-            .map(|id| (id, FOR_FREE_SLOT))
-            .chain(
-                overtaken(&lines, &self.queue)
-                    .into_iter()
-                    .map(|id| (id, FOR_URGENT_JOB)),
-            );
+        let mut picks: Vec<(String, &str)> = Vec::new();
+        // Where a job taken back could run at once.
+        let idle = self.worker_views(|w| !w.draining && w.jobs.len() < w.slots as usize);
+        if !idle.is_empty() {
+            let mut waiting: Vec<&(QueueKey, QueuedJob)> = lines
+                .iter()
+                .flat_map(|line| &line.waiting)
+                .filter(|(_, job)| !self.revoking.contains_key(&job.id))
+                .collect();
+            // The most urgent first, as the queue would give them slots.
+            waiting.sort_by_key(|(key, _)| *key);
+            let candidates: Vec<QueuedJob> = waiting.into_iter().map(|(_, j)| j.clone()).collect();
+            let in_flight: Vec<QueuedJob> = self
+                .revoking
+                .keys()
+                .filter_map(|id| self.jobs.get(id))
+                .map(|l| queued_job(&l.job))
+                .collect();
+            let free = revocations(&idle, &candidates, &in_flight);
+            picks.extend(free.into_iter().map(|id| (id, FOR_FREE_SLOT)));
+        }
+        let urgent = overtaken(&lines, &self.queue);
+        picks.extend(urgent.into_iter().map(|id| (id, FOR_URGENT_JOB)));
+        let mut asks = Vec::new();
         for (id, reason) in picks {
             let Some(session) = lines
                 .iter()
@@ -75,27 +76,29 @@ impl Engine {
             let Some(attempt) = self.jobs.get(&id).map(|l| l.job.attempt) else {
                 continue;
             };
-            if self.revoking.insert(id.clone(), attempt).is_some() {
+            asks.push((session, id, attempt, reason));
+        }
+        for (session, job_id, attempt, reason) in asks {
+            if self.revoking.insert(job_id.clone(), attempt).is_some() {
                 continue;
             }
-            out.messages.push((
-                session,
-                ToAgent::Revoke {
-                    job_id: id,
-                    attempt,
-                    reason: reason.to_string(),
-                },
-            ));
+            let reason = reason.to_string();
+            let revoke = ToAgent::Revoke {
+                job_id,
+                attempt,
+                reason,
+            };
+            out.messages.push((session, revoke));
         }
     }
 
-    /// Each attached worker's waiting jobs, in the order its agent will
-    /// give them slots, with its session. The agent gives its slots in the
-    /// order assignments arrived, so the jobs that wait are the newest of
-    /// those not started.
-    fn lines(&self) -> (Vec<Line>, Vec<SessionId>) {
+    /// The workers with jobs waiting beyond their slots: each one's waiting
+    /// jobs, in the order its agent will give them slots, and its session.
+    /// The agent gives its slots in the order assignments arrived, so the
+    /// jobs that wait are the newest of those not started.
+    fn lines(&self) -> (Vec<Line<'_>>, Vec<SessionId>) {
         let (mut lines, mut sessions) = (Vec::new(), Vec::new());
-        for (id, w) in &self.workers {
+        for w in self.workers.values() {
             let Some(session) = w.session else { continue };
             let beyond = w.jobs.len().saturating_sub(w.slots as usize);
             if beyond == 0 {
@@ -108,31 +111,21 @@ impl Engine {
                 .map(|l| &l.job)
                 .filter(|j| j.state == JobState::Assigned && !j.cancel_requested)
                 .collect();
-            unstarted.sort_by_key(|j| (j.assigned_at, QueueKey::new(j.spec.priority, j.seq)));
+            unstarted.sort_by_key(|j| (j.assigned_at, queue_key(j)));
             let skip = unstarted.len().saturating_sub(beyond);
-            let waiting = unstarted
+            let waiting: Vec<(QueueKey, QueuedJob)> = unstarted
                 .into_iter()
                 .skip(skip)
-                .map(|j| (QueueKey::new(j.spec.priority, j.seq), queued(j)))
+                .map(|j| (queue_key(j), queued_job(j)))
                 .collect();
-            let worker = WorkerView {
-                id: id.clone(),
-                labels: w.labels.clone(),
-                free_slots: 0,
-                queue_room: 0,
-                draining: w.draining,
-            };
-            lines.push(Line { worker, waiting });
-            sessions.push(session);
+            if !waiting.is_empty() {
+                lines.push(Line {
+                    labels: &w.labels,
+                    waiting,
+                });
+                sessions.push(session);
+            }
         }
         (lines, sessions)
-    }
-}
-
-/// A job as the scheduler sees it.
-fn queued(job: &Job) -> QueuedJob {
-    QueuedJob {
-        id: job.id.clone(),
-        requires: job.spec.required_labels().map(str::to_string).collect(),
     }
 }

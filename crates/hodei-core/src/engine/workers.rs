@@ -281,11 +281,11 @@ impl Engine {
         }
     }
 
-    /// The attached workers, as the scheduler sees them.
-    pub(super) fn worker_views(&self) -> Vec<WorkerView> {
+    /// The attached workers that `keep` keeps, as the scheduler sees them.
+    pub(super) fn worker_views(&self, keep: impl Fn(&Worker) -> bool) -> Vec<WorkerView> {
         self.workers
             .iter()
-            .filter(|(_, w)| w.session.is_some())
+            .filter(|(_, w)| w.session.is_some() && keep(w))
             .map(|(id, w)| {
                 let held = w.jobs.len() as u32;
                 WorkerView {
@@ -305,7 +305,7 @@ impl Engine {
         if self.queue.is_empty() {
             return;
         }
-        for p in place(&self.queue, &self.worker_views()) {
+        for p in place(&self.queue, &self.worker_views(|_| true)) {
             let Some(attempt) = self.jobs.get(&p.job).map(|l| l.job.attempt + 1) else {
                 continue;
             };

@@ -313,8 +313,6 @@ impl Follower {
         // Whether output may have come since the last read that sent all
         // that was stored (an empty page, or one not full).
         let mut logs_due = true;
-        // Whether a notice said output came since that read.
-        let mut output_noticed = false;
         loop {
             if logs_due {
                 let chunks = self
@@ -323,12 +321,6 @@ impl Follower {
                     .read_logs(&self.query)
                     .await
                     .map_err(|e| e.to_string())?;
-                if chunks.is_empty() && std::mem::take(&mut output_noticed) {
-                    // Output came, but none for the attempt followed: it is
-                    // a newer attempt's. Another replica's output comes with
-                    // no notice of the job's own change: read the job.
-                    known = None;
-                }
                 if !chunks.is_empty() {
                     // A page that is not full held everything stored when it
                     // was read: what comes later comes with a notice.
@@ -392,7 +384,6 @@ impl Follower {
             // The last read sent everything stored then: what came since
             // came with notices.
             logs_due = due.log;
-            output_noticed = due.log;
             // Otherwise nothing said the job changed since it was read.
             known = (!due.job).then_some(job);
         }
@@ -438,6 +429,8 @@ impl Follower {
     /// another job.
     fn due_for(&self, notice: &Notice) -> Option<Due> {
         match notice {
+            // Another replica changed the job or its log: both.
+            Notice::JobTouched { job_id } if *job_id == self.query.job_id => Some(Due::ALL),
             Notice::LogAppended { job_id } if *job_id == self.query.job_id => Some(Due {
                 log: true,
                 job: false,
@@ -472,7 +465,8 @@ impl Due {
         log: false,
         job: false,
     };
-    /// After a missed notice, or none for a while.
+    /// After a missed notice, none for a while, or another replica's
+    /// change.
     const ALL: Due = Due {
         log: true,
         job: true,

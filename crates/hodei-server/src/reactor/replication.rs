@@ -180,7 +180,7 @@ impl Reactor {
                                 check.insert(job_id.clone());
                             }
                             // Live followers here re-read the store.
-                            self.remote_notices.push(Notice::LogAppended { job_id });
+                            self.remote_notices.push(Notice::JobTouched { job_id });
                         }
                     }
                     ClusterEvent::Cancel { owner, job_ids } if owner == me => {
@@ -326,9 +326,9 @@ impl Reactor {
         out.messages
             .retain(|(_, m)| job_of(m).is_none_or(|id| !lost.contains(id)));
         out.notices.retain(|n| match n {
-            Notice::JobChanged { job_id, .. } | Notice::LogAppended { job_id } => {
-                !lost.contains(job_id)
-            }
+            Notice::JobChanged { job_id, .. }
+            | Notice::LogAppended { job_id }
+            | Notice::JobTouched { job_id } => !lost.contains(job_id),
             Notice::WorkerChanged { .. } => true,
         });
     }

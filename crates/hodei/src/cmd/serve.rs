@@ -191,10 +191,7 @@ impl AgentArgs {
         if let Some(slots) = self.slots {
             config.slots = slots.max(1);
         }
-        config.prefetch = self
-            .prefetch
-            .unwrap_or(config.slots)
-            .min(hodei_core::engine::MAX_PREFETCH);
+        config.prefetch = self.prefetch;
         config.work_dir = self
             .work_dir
             .clone()
@@ -273,7 +270,7 @@ mod tests {
                 let Command::Agent(agent) = cli.command else {
                     panic!("not the agent command")
                 };
-                agent.config().prefetch
+                agent.config().prefetch()
             })
         };
         assert_eq!(prefetch(&["--slots", "3"]).expect("parses"), 3);

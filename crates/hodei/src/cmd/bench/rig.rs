@@ -146,8 +146,6 @@ pub fn start_agent_on(
         .context("an agent needs a server URL")?;
     let mut agent = AgentConfig::new(first, name).with_servers(servers);
     agent.slots = slots;
-    // As `hodei agent` does by default.
-    agent.prefetch = slots.min(hodei_core::engine::MAX_PREFETCH);
     agent.token = token.map(hodei_core::auth::Secret::new);
     agent.work_dir = dir.join(format!("work-{name}"));
     let (drain, drain_rx) = watch::channel(false);

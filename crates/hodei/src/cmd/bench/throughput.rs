@@ -80,6 +80,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     for t in tasks {
         t.await??;
     }
+    // The prefetch the agent asked for, as the orchestrator lists it.
+    let prefetch = rig
+        .client
+        .workers()
+        .await?
+        .first()
+        .map(|w| w.prefetch)
+        .context("the agent is not listed")?;
     rig.shutdown().await;
     let children0 = children_cpu_seconds();
     let baseline = spawn_baseline(n, plan.slots as usize).await?;
@@ -90,11 +98,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut r = Report::new("throughput");
     r.set("jobs", n);
     r.set("slots", plan.slots);
-    // The agent's prefetch: HODEI_PREFETCH, else as many as its slots.
-    let prefetch = std::env::var("HODEI_PREFETCH")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(plan.slots);
     r.set("prefetch", prefetch);
     r.set("jobs_per_request", plan.batch.unwrap_or(1));
     r.set("failed", failed);
