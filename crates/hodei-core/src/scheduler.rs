@@ -15,7 +15,11 @@
 //! that the free slot runs one of them.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+mod rooms;
+
+pub use rooms::{Rooms, place_in};
 
 /// The key that orders the queue: priority descending, then FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,63 +74,20 @@ pub struct Placement {
 /// the jobs left, as many as their queue room allows.
 ///
 /// `queue` is walked in key order. A walk stops as soon as no worker has
-/// room, so a long backlog costs nothing while the fleet is busy.
+/// room, so a long backlog costs nothing while the fleet is busy. The
+/// engine keeps its workers' room indexed and calls [`place_in`]; this
+/// builds the indexes from `workers` first.
 pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> Vec<Placement> {
-    let mut out = Vec::new();
-    let mut walk = queue.values();
-    let skipped = place_by(&mut walk, workers, |w| w.free_slots, &mut out);
-    if workers.iter().any(|w| !w.draining && w.queue_room > 0) {
-        // The jobs the first walk passed over, then those it did not reach,
-        // still in key order.
-        let mut rest = skipped.into_iter().chain(walk);
-        place_by(&mut rest, workers, |w| w.queue_room, &mut out);
+    let (mut slots, mut queue_room) = (Rooms::default(), Rooms::default());
+    for w in workers.iter().filter(|w| !w.draining) {
+        slots.set(&w.id, w.free_slots);
+        queue_room.set(&w.id, w.queue_room);
     }
-    out
-}
-
-/// One walk: each job goes to the fitting worker with the most `room`,
-/// until no worker has room left (the jobs after that are not taken from
-/// `jobs`). Returns the jobs it took but could not place.
-fn place_by<'a>(
-    jobs: &mut impl Iterator<Item = &'a QueuedJob>,
-    workers: &[WorkerView],
-    room: impl Fn(&WorkerView) -> u32,
-    out: &mut Vec<Placement>,
-) -> Vec<&'a QueuedJob> {
-    let mut free: Vec<(usize, u32)> = workers
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| !w.draining && room(w) > 0)
-        .map(|(i, w)| (i, room(w)))
-        .collect();
-    let mut skipped = Vec::new();
-    while !free.is_empty() {
-        let Some(job) = jobs.next() else { break };
-        let fits = |i: usize| job.fits(&workers[i].labels);
-        let best = free
-            .iter()
-            .enumerate()
-            .filter(|(_, (i, _))| fits(*i))
-            .max_by(|(_, (ia, sa)), (_, (ib, sb))| {
-                sa.cmp(sb)
-                    .then_with(|| workers[*ib].id.cmp(&workers[*ia].id))
-            })
-            .map(|(pos, _)| pos);
-        let Some(pos) = best else {
-            skipped.push(job);
-            continue;
-        };
-        let (wi, slots) = &mut free[pos];
-        out.push(Placement {
-            job: job.id.clone(),
-            worker: workers[*wi].id.clone(),
-        });
-        *slots -= 1;
-        if *slots == 0 {
-            free.swap_remove(pos);
-        }
-    }
-    skipped
+    let labels: HashMap<&str, &BTreeSet<String>> =
+        workers.iter().map(|w| (w.id.as_str(), &w.labels)).collect();
+    place_in(queue, &mut slots, &mut queue_room, |id| {
+        labels.get(id).copied()
+    })
 }
 
 /// Which of the jobs waiting in agents' prefetch queues to take back, so

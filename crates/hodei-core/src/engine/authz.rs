@@ -30,10 +30,14 @@ impl Engine {
         let Some(worker_id) = self.sessions.remove(&session) else {
             return;
         };
-        if let Some(w) = self.workers.get_mut(&worker_id)
-            && w.session == Some(session)
-        {
-            w.session = None;
+        let ended = self.workers.update(&worker_id, |w| {
+            let ours = w.session == Some(session);
+            if ours {
+                w.session = None;
+            }
+            ours
+        });
+        if ended == Some(true) {
             out.notices.push(Notice::WorkerChanged {
                 worker_id: worker_id.clone(),
             });

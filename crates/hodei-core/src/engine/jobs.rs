@@ -45,9 +45,12 @@ impl Engine {
         let holds = |s: JobState| matches!(s, JobState::Assigned | JobState::Running);
         if holds(before.state)
             && !holds(state)
-            && let Some(w) = before.worker.as_ref().and_then(|w| self.workers.get_mut(w))
+            && let Some(worker) = before.worker.as_ref()
+            && self
+                .workers
+                .update(worker, |w| w.jobs.remove(job_id))
+                .is_some()
         {
-            w.jobs.remove(job_id);
             self.recheck_waiting = true;
         }
         if state.is_terminal() {

@@ -12,6 +12,7 @@
 //! Nothing here does I/O or reads a clock: time comes in with each call.
 
 mod authz;
+mod fleet;
 mod io;
 mod jobs;
 mod replica;
@@ -63,7 +64,7 @@ pub struct Engine {
     limits: Limits,
     jobs: HashMap<String, LiveJob>,
     queue: BTreeMap<QueueKey, QueuedJob>,
-    workers: BTreeMap<String, Worker>,
+    workers: fleet::Fleet,
     sessions: HashMap<SessionId, String>,
     next_seq: u64,
     /// With several orchestrators on one database: this one's slot, which
@@ -91,7 +92,7 @@ impl Engine {
             limits: Limits::default(),
             jobs: HashMap::new(),
             queue: BTreeMap::new(),
-            workers: BTreeMap::new(),
+            workers: fleet::Fleet::default(),
             sessions: HashMap::new(),
             next_seq: 1,
             seq_slot: None,
@@ -119,9 +120,10 @@ impl Engine {
         let mut engine = Engine::new(config);
         engine.next_seq = max_seq + 1;
         for w in workers {
-            let worker = engine.worker_entry(&w.id, now);
-            worker.labels = w.labels.into_iter().collect();
-            worker.slots = w.slots;
+            engine.workers.upsert(&w.id, now, |worker| {
+                worker.labels = w.labels.into_iter().collect();
+                worker.slots = w.slots;
+            });
         }
         for job in unfinished {
             let stored = log_ends
@@ -136,9 +138,10 @@ impl Engine {
                 JobState::Queued => engine.enqueue(&job),
                 _ => {
                     let worker_id = job.worker.clone().unwrap_or_default();
-                    let worker = engine.worker_entry(&worker_id, now);
-                    worker.jobs.insert(job.id.clone());
-                    worker.last_seen = now;
+                    engine.workers.upsert(&worker_id, now, |worker| {
+                        worker.jobs.insert(job.id.clone());
+                        worker.last_seen = now;
+                    });
                 }
             }
             engine.jobs.insert(

@@ -104,13 +104,15 @@ impl Engine {
                 _ => {
                     let worker_id = job.worker.clone().unwrap_or_default();
                     holders.insert(job.attempt, worker_id.clone());
-                    let worker = self.worker_entry(&worker_id, now);
-                    worker.jobs.insert(job.id.clone());
-                    if worker.session.is_none() {
-                        worker.last_seen = now;
-                    }
+                    let session = self.workers.upsert(&worker_id, now, |worker| {
+                        worker.jobs.insert(job.id.clone());
+                        if worker.session.is_none() {
+                            worker.last_seen = now;
+                        }
+                        worker.session
+                    });
                     if job.cancel_requested
-                        && let Some(session) = worker.session
+                        && let Some(session) = session
                     {
                         out.messages.push((
                             session,
@@ -154,13 +156,8 @@ impl Engine {
         match live.job.state {
             JobState::Queued => self.dequeue(&live.job),
             _ => {
-                if let Some(w) = live
-                    .job
-                    .worker
-                    .as_ref()
-                    .and_then(|w| self.workers.get_mut(w))
-                {
-                    w.jobs.remove(job_id);
+                if let Some(worker) = live.job.worker.as_ref() {
+                    self.workers.update(worker, |w| w.jobs.remove(job_id));
                 }
             }
         }

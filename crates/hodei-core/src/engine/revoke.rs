@@ -43,7 +43,7 @@ impl Engine {
         }
         let mut picks: Vec<(String, &str)> = Vec::new();
         // Where a job taken back could run at once.
-        let idle = self.worker_views(|w| !w.draining && w.jobs.len() < w.slots as usize);
+        let idle = self.free_worker_views();
         if !idle.is_empty() {
             let mut waiting: Vec<&(QueueKey, QueuedJob)> = lines
                 .iter()
@@ -98,7 +98,7 @@ impl Engine {
     /// jobs that wait are the newest of those not started.
     fn lines(&self) -> (Vec<Line<'_>>, Vec<SessionId>) {
         let (mut lines, mut sessions) = (Vec::new(), Vec::new());
-        for w in self.workers.values() {
+        for (_, w) in self.workers.waiting() {
             let Some(session) = w.session else { continue };
             let beyond = w.jobs.len().saturating_sub(w.slots as usize);
             if beyond == 0 {

@@ -1,13 +1,11 @@
 //! Engine inputs about workers: registration, sessions, leases, dispatch.
 
-use std::collections::BTreeSet;
-
 use super::{
-    AttemptRef, Engine, EngineError, Notice, Output, Reply, RequestId, SessionId, ToAgent, Worker,
+    AttemptRef, Engine, EngineError, Notice, Output, Reply, RequestId, SessionId, ToAgent,
     WorkerInfo, WorkerRecord,
 };
 use crate::job::{JobEvent, JobState, Millis};
-use crate::scheduler::{WorkerView, place};
+use crate::scheduler::WorkerView;
 use crate::spec::validate_worker_id;
 
 /// Most assignments a worker may queue beyond its slots.
@@ -78,20 +76,6 @@ impl Engine {
         }
     }
 
-    pub(super) fn worker_entry(&mut self, id: &str, now: Millis) -> &mut Worker {
-        self.workers
-            .entry(id.to_string())
-            .or_insert_with(|| Worker {
-                labels: BTreeSet::new(),
-                slots: 0,
-                prefetch: 0,
-                session: None,
-                jobs: BTreeSet::new(),
-                draining: false,
-                last_seen: now,
-            })
-    }
-
     pub(super) fn register(
         &mut self,
         req: RequestId,
@@ -106,12 +90,13 @@ impl Engine {
                 .push((req, Reply::Error(EngineError::Invalid(e))));
             return;
         }
-        let w = self.worker_entry(&worker_id, now);
-        w.labels = labels.into_iter().collect();
-        if slots > 0 {
-            w.slots = slots;
-        }
-        w.last_seen = now;
+        self.workers.upsert(&worker_id, now, |w| {
+            w.labels = labels.into_iter().collect();
+            if slots > 0 {
+                w.slots = slots;
+            }
+            w.last_seen = now;
+        });
         self.record(&worker_id, out);
         out.replies
             .push((req, Reply::Worker(self.worker_info(&worker_id))));
@@ -128,14 +113,16 @@ impl Engine {
         now: Millis,
         out: &mut Output,
     ) {
-        let w = self.worker_entry(&worker_id, now);
-        let replaced = w.session.replace(session);
-        w.labels = labels.into_iter().collect();
-        w.slots = capacity.slots.max(1);
-        w.prefetch = capacity.prefetch.min(MAX_PREFETCH);
-        w.draining = false;
-        w.last_seen = now;
-        let held: Vec<String> = w.jobs.iter().cloned().collect();
+        let (replaced, held) = self.workers.upsert(&worker_id, now, |w| {
+            let replaced = w.session.replace(session);
+            w.labels = labels.into_iter().collect();
+            w.slots = capacity.slots.max(1);
+            w.prefetch = capacity.prefetch.min(MAX_PREFETCH);
+            w.draining = false;
+            w.last_seen = now;
+            let held: Vec<String> = w.jobs.iter().cloned().collect();
+            (replaced, held)
+        });
         self.recheck_waiting = true;
         if let Some(old) = replaced.filter(|old| *old != session) {
             self.sessions.remove(&old);
@@ -212,23 +199,23 @@ impl Engine {
         // The agent's side ended: end ours too (and let the shell forget the
         // session's sender), so a draining agent sees its stream close.
         out.close_sessions.push(session);
-        if let Some(w) = self.workers.get_mut(&worker_id)
-            && w.session == Some(session)
-        {
-            w.session = None;
-            // The lease grace runs from the moment the connection dropped.
-            w.last_seen = now;
+        let ended = self.workers.update(&worker_id, |w| {
+            let ours = w.session == Some(session);
+            if ours {
+                w.session = None;
+                // The lease grace runs from the moment the connection dropped.
+                w.last_seen = now;
+            }
+            ours
+        });
+        if ended == Some(true) {
             self.record(&worker_id, out);
         }
     }
 
     pub(super) fn touch(&mut self, session: SessionId, now: Millis) {
-        if let Some(w) = self
-            .sessions
-            .get(&session)
-            .and_then(|id| self.workers.get_mut(id))
-        {
-            w.last_seen = now;
+        if let Some(id) = self.sessions.get(&session) {
+            self.workers.update(id, |w| w.last_seen = now);
         }
     }
 
@@ -236,9 +223,11 @@ impl Engine {
         let Some(id) = self.sessions.get(&session) else {
             return;
         };
-        if let Some(w) = self.workers.get_mut(id) {
+        let known = self.workers.update(id, |w| {
             w.draining = true;
             w.last_seen = now;
+        });
+        if known.is_some() {
             out.notices.push(Notice::WorkerChanged {
                 worker_id: id.clone(),
             });
@@ -257,15 +246,16 @@ impl Engine {
             .map(|(id, _)| id.clone())
             .collect();
         for worker_id in expired {
-            let Some(w) = self.workers.get_mut(&worker_id) else {
+            let Some((session, silent_ms, held)) = self.workers.update(&worker_id, |w| {
+                let held: Vec<String> = w.jobs.iter().cloned().collect();
+                (w.session.take(), now - w.last_seen, held)
+            }) else {
                 continue;
             };
-            if let Some(session) = w.session.take() {
+            if let Some(session) = session {
                 self.sessions.remove(&session);
                 out.close_sessions.push(session);
             }
-            let silent_ms = now - w.last_seen;
-            let held: Vec<String> = w.jobs.iter().cloned().collect();
             self.record(&worker_id, out);
             for job_id in held {
                 let Some(attempt) = self.jobs.get(&job_id).map(|l| l.job.attempt) else {
@@ -281,21 +271,18 @@ impl Engine {
         }
     }
 
-    /// The attached workers that `keep` keeps, as the scheduler sees them.
-    pub(super) fn worker_views(&self, keep: impl Fn(&Worker) -> bool) -> Vec<WorkerView> {
+    /// The workers with free slots, as the scheduler sees them.
+    pub(super) fn free_worker_views(&self) -> Vec<WorkerView> {
         self.workers
+            .free()
             .iter()
-            .filter(|(_, w)| w.session.is_some() && keep(w))
-            .map(|(id, w)| {
-                let held = w.jobs.len() as u32;
-                WorkerView {
-                    id: id.clone(),
-                    labels: w.labels.clone(),
-                    free_slots: w.slots.saturating_sub(held),
-                    // Prefetch not taken yet by the jobs held beyond the slots.
-                    queue_room: w.prefetch.saturating_sub(held.saturating_sub(w.slots)),
-                    draining: w.draining,
-                }
+            .filter_map(|(id, free)| self.workers.get(id).map(|w| (id, free, w)))
+            .map(|(id, free, w)| WorkerView {
+                id: id.to_string(),
+                labels: w.labels.clone(),
+                free_slots: free,
+                queue_room: 0,
+                draining: false,
             })
             .collect()
     }
@@ -305,8 +292,9 @@ impl Engine {
         if self.queue.is_empty() {
             return;
         }
-        for p in place(&self.queue, &self.worker_views(|_| true)) {
+        for p in self.workers.place(&self.queue) {
             let Some(attempt) = self.jobs.get(&p.job).map(|l| l.job.attempt + 1) else {
+                self.workers.reindex(&p.worker);
                 continue;
             };
             let event = JobEvent::Assigned {
@@ -314,14 +302,15 @@ impl Engine {
                 attempt,
             };
             if self.apply(&p.job, event, now, out).is_err() {
+                self.workers.reindex(&p.worker);
                 continue;
             }
             self.remember_holder(&p.job, attempt, &p.worker);
-            let Some(w) = self.workers.get_mut(&p.worker) else {
-                continue;
-            };
-            w.jobs.insert(p.job.clone());
-            let (Some(session), Some(live)) = (w.session, self.jobs.get(&p.job)) else {
+            let session = self.workers.update(&p.worker, |w| {
+                w.jobs.insert(p.job.clone());
+                w.session
+            });
+            let (Some(Some(session)), Some(live)) = (session, self.jobs.get(&p.job)) else {
                 continue;
             };
             out.messages.push((

@@ -1,31 +1,37 @@
 //! N simulated agents (default 10,000) attached to an orchestrator in a
-//! process of its own: each is a real HWP `Attach` session on its own TCP
-//! connection (HTTP/2), says `Hello`, waits for `Welcome` and then sends a
-//! heartbeat at the interval the server asks for, like `hodei agent` does;
-//! nothing else of the agent runs. Reports the time to register them all,
-//! and the server's resident memory and CPU use while they idle.
+//! process of its own ([`super::sim_agent`]). Reports the time to register
+//! them all, the server's resident memory and CPU use while they idle, and
+//! then how fast it dispatches jobs across them: M jobs (as many as the
+//! agents, at least 2,000), each answered at once by the agent it lands on.
+//! The baseline for that rate, in the same run, is a small fleet with the
+//! same slots in all (10 agents of N / 10 slots) on a fresh server: the
+//! ratio is what the size of the fleet costs the scheduler.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hwp_proto::pb;
-use hwp_proto::pb::agent_message::Body;
-use hwp_proto::pb::worker_service_client::WorkerServiceClient;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use hodei_client::Client;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::Plan;
-use super::report::Report;
-use super::rig::{ServerProcess, cpu_seconds, nofile};
+use super::report::{Report, round3};
+use super::rig::{ServerProcess, cpu_seconds, job, nofile};
+use super::sim_agent::{self, Fleet};
 
 /// Sessions being set up at once (connect, Hello, Welcome).
 const DIAL_AT_ONCE: usize = 256;
+/// Agents of the small fleet the dispatch rate is compared with.
+const SMALL_FLEET: usize = 10;
+/// Jobs per submission request, and requests in flight.
+const BATCH: usize = 250;
+const SUBMITTERS: usize = 4;
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let n = plan.n(10_000, 200);
+    let jobs = n.max(if plan.smoke { 200 } else { 2_000 });
     // Each agent holds one socket here and one in the server, plus slack.
     let needed = n as u64 + 256;
     if nofile() < needed {
@@ -36,43 +42,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     let server = ServerProcess::start().await?;
     let rss_before = server.rss_bytes()?;
-    let registered = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let dialing = Arc::new(Semaphore::new(DIAL_AT_ONCE));
-    let (stop, stop_rx) = watch::channel(false);
     let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let agent = SimAgent {
-            url: server.url.clone(),
-            token: server.join_token.clone(),
-            name: format!("sim-{i:05}"),
-            registered: registered.clone(),
-            dialing: dialing.clone(),
-            stop: stop_rx.clone(),
-        };
-        let failed = failed.clone();
-        tasks.spawn(async move {
-            if let Err(e) = agent.run().await
-                && failed.fetch_add(1, Ordering::Relaxed) == 0
-            {
-                eprintln!("bench: a simulated agent failed: {e:#}");
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while registered.load(Ordering::Relaxed) < n {
-        if failed.load(Ordering::Relaxed) > 0 || Instant::now() > deadline {
-            let _ = stop.send(true);
+    let fleet = match SimFleet::start(&server, n, 1).await {
+        Ok(f) => f,
+        Err(e) => {
             server.stop().await;
-            bail!(
-                "{} of {n} simulated agents registered, {} failed",
-                registered.load(Ordering::Relaxed),
-                failed.load(Ordering::Relaxed)
-            );
+            return Err(e);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     let to_register = start.elapsed();
     // Let the registration burst settle, then sample the idle server.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -81,11 +58,25 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(plan.idle_secs)).await;
     let cpu = (cpu_seconds(server.pid)? - cpu0) / t0.elapsed().as_secs_f64();
     let rss = server.rss_bytes()?;
-    let still = registered.load(Ordering::Relaxed);
-    let failures = failed.load(Ordering::Relaxed);
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
+    let still = fleet.registered();
+    let failures = fleet.failed.load(Ordering::Relaxed);
+    let wide = dispatch(&server, &fleet, jobs).await;
+    fleet.stop().await;
     server.stop().await;
+    let wide = wide?;
+    // The baseline: the same slots on a small fleet.
+    let server = ServerProcess::start().await?;
+    let slots = (n / SMALL_FLEET).max(1) as u32;
+    let small = match SimFleet::start(&server, SMALL_FLEET, slots).await {
+        Ok(fleet) => {
+            let small = dispatch(&server, &fleet, jobs).await;
+            fleet.stop().await;
+            small
+        }
+        Err(e) => Err(e),
+    };
+    server.stop().await;
+    let small = small?;
     let mib = |b: u64| (b as f64 / (1 << 20) as f64 * 10.0).round() / 10.0;
     let cpu_pct = (cpu * 1000.0).round() / 10.0;
     let mut r = Report::new("fanout");
@@ -105,98 +96,148 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     r.set("server_idle_cpu_percent_of_one_core", cpu_pct);
     r.set("idle_seconds_sampled", plan.idle_secs);
     r.set("agents_failed", failures);
+    r.set("dispatch_jobs", jobs);
+    r.set("dispatch_jobs_per_second", wide.rate.round());
+    r.set(
+        "dispatch_server_cpu_ms_per_job",
+        round3(wide.cpu_ms_per_job),
+    );
+    r.set(
+        "dispatch_small_fleet",
+        format!("{SMALL_FLEET} agents of {slots} slots"),
+    );
+    r.set("dispatch_small_fleet_jobs_per_second", small.rate.round());
+    r.set(
+        "dispatch_small_fleet_server_cpu_ms_per_job",
+        round3(small.cpu_ms_per_job),
+    );
+    r.set(
+        "dispatch_ratio_to_small_fleet",
+        round3(wide.rate / small.rate),
+    );
     r.sane(
         still == n && failures == 0,
         format!("{still} of {n} agents attached, {failures} failed"),
     );
     r.sane(rss > 0, "no server memory read");
+    r.sane(wide.rate > 0.0 && small.rate > 0.0, "no dispatch rate");
     r.target("server_rss_mib", mib(rss), false, 1024.0);
     r.target("server_idle_cpu_percent", cpu_pct, false, 10.0);
     Ok(r)
 }
 
-/// One simulated agent: an `Attach` session with heartbeats.
-struct SimAgent {
-    url: String,
-    /// The join token, sent as `authorization: Bearer` with `Attach`.
-    token: Option<String>,
-    name: String,
-    registered: Arc<AtomicUsize>,
-    dialing: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
+/// A fleet of simulated agents attached to one server.
+struct SimFleet {
+    fleet: Fleet,
+    failed: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
 }
 
-impl SimAgent {
-    async fn run(mut self) -> anyhow::Result<()> {
-        let permit = self.dialing.clone().acquire_owned().await?;
-        let channel = Endpoint::from_shared(self.url.clone())?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(30))
-            .connect()
-            .await
-            .context("connect")?;
-        let mut client = WorkerServiceClient::new(channel);
-        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(4);
-        let hello = pb::Hello {
-            registration: Some(pb::WorkerRegistration {
-                worker_id: self.name.clone(),
-                capabilities: vec!["bench-sim".into()],
-                slots: 1,
-                hostname: self.name.clone(),
-                agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            }),
-            labels: Vec::new(),
-            running: Vec::new(),
-            protocol_version: hwp_proto::PROTOCOL_VERSION,
-            prefetch: 0,
+impl SimFleet {
+    /// Starts `n` agents of `slots` slots and waits until all are attached.
+    async fn start(server: &ServerProcess, n: usize, slots: u32) -> anyhow::Result<SimFleet> {
+        let (stop, stop_rx) = watch::channel(false);
+        let fleet = Fleet {
+            url: server.url.clone(),
+            token: server.join_token.clone(),
+            slots,
+            registered: Arc::default(),
+            done: Arc::default(),
+            dialing: Arc::new(Semaphore::new(DIAL_AT_ONCE)),
+            stop: stop_rx,
         };
-        tx.send(message(Body::Hello(hello))).await?;
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = &self.token {
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse()?);
-        }
-        let mut inbound = client.attach(request).await.context("attach")?.into_inner();
-        let every = match inbound.message().await.context("welcome")? {
-            Some(pb::ServerMessage {
-                body: Some(pb::server_message::Body::Welcome(w)),
-            }) => Duration::from_millis(w.heartbeat_interval_ms.max(100)),
-            other => bail!("expected Welcome, got {other:?}"),
-        };
-        drop(permit);
-        self.registered.fetch_add(1, Ordering::Relaxed);
-        let mut beat = tokio::time::interval(every);
-        beat.tick().await;
-        let result = loop {
-            tokio::select! {
-                _ = beat.tick() => {
-                    let hb = pb::Heartbeat { timestamp_ms: now_ms(), running: Vec::new() };
-                    if tx.send(message(Body::Heartbeat(hb))).await.is_err() {
-                        break Err(anyhow::anyhow!("session closed"));
-                    }
+        let failed = Arc::new(AtomicUsize::new(0));
+        let mut tasks = JoinSet::new();
+        for i in 0..n {
+            let (fleet, failed) = (fleet.clone(), failed.clone());
+            tasks.spawn(async move {
+                if let Err(e) = sim_agent::run(fleet, format!("sim-{i:05}")).await
+                    && failed.fetch_add(1, Ordering::Relaxed) == 0
+                {
+                    eprintln!("bench: a simulated agent failed: {e:#}");
                 }
-                msg = inbound.message() => match msg {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break Err(anyhow::anyhow!("server ended the session")),
-                    Err(status) => break Err(anyhow::anyhow!("session failed: {}", status.message())),
-                },
-                _ = async { self.stop.wait_for(|s| *s).await.map(|_| ()) } => break Ok(()),
-            }
-        };
-        if result.is_err() {
-            self.registered.fetch_sub(1, Ordering::Relaxed);
+            });
         }
-        result
+        let fleet = SimFleet {
+            fleet,
+            failed,
+            stop,
+            tasks,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while fleet.registered() < n {
+            let failed = fleet.failed.load(Ordering::Relaxed);
+            if failed > 0 || Instant::now() > deadline {
+                let registered = fleet.registered();
+                fleet.stop().await;
+                bail!("{registered} of {n} simulated agents registered, {failed} failed");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(fleet)
+    }
+
+    fn registered(&self) -> usize {
+        self.fleet.registered.load(Ordering::Relaxed)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
-fn message(body: Body) -> pb::AgentMessage {
-    pb::AgentMessage { body: Some(body) }
+/// How fast one server dispatched a set of jobs.
+struct Dispatch {
+    rate: f64,
+    cpu_ms_per_job: f64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Submits `jobs` no-op jobs and waits until the fleet has had every result
+/// acknowledged: jobs per second from the first submission to the last
+/// acknowledgement, and the server's CPU per job over that time.
+async fn dispatch(
+    server: &ServerProcess,
+    fleet: &SimFleet,
+    jobs: usize,
+) -> anyhow::Result<Dispatch> {
+    let client = Client::new(&server.url)?.with_token(server.admin_token.clone());
+    let done0 = fleet.fleet.done.load(Ordering::Relaxed);
+    let cpu0 = cpu_seconds(server.pid)?;
+    let start = Instant::now();
+    let mut submitters = JoinSet::new();
+    for k in 0..SUBMITTERS {
+        let client = client.clone();
+        let mut left = jobs / SUBMITTERS + usize::from(k < jobs % SUBMITTERS);
+        submitters.spawn(async move {
+            while left > 0 {
+                let take = left.min(BATCH);
+                client
+                    .submit_batch((0..take).map(|_| job(&["true"])).collect())
+                    .await?;
+                left -= take;
+            }
+            Ok::<_, hodei_client::ClientError>(())
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while fleet.fleet.done.load(Ordering::Relaxed) - done0 < jobs {
+        if Instant::now() > deadline || fleet.failed.load(Ordering::Relaxed) > 0 {
+            bail!(
+                "{} of {jobs} jobs done across the fleet",
+                fleet.fleet.done.load(Ordering::Relaxed) - done0
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(server.pid)? - cpu0;
+    while let Some(s) = submitters.join_next().await {
+        s.context("submitter")??;
+    }
+    Ok(Dispatch {
+        rate: jobs as f64 / elapsed,
+        cpu_ms_per_job: cpu * 1000.0 / jobs as f64,
+    })
 }

@@ -24,6 +24,7 @@ mod plot;
 mod replicas;
 mod report;
 mod rig;
+mod sim_agent;
 mod throughput;
 
 use std::path::PathBuf;
