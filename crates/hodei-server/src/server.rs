@@ -62,7 +62,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("hodei-data"),
             database: None,
-            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(10),
             lease_grace: Duration::from_secs(30),
             tls: None,
             limits: hodei_core::spec::Limits::default(),
@@ -92,6 +92,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("invalid limits: {0}")]
     Limits(String),
+    #[error("invalid leases: {0}")]
+    Leases(String),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
@@ -116,6 +118,7 @@ impl Server {
     /// Opens the store, recovers every unfinished job and binds the port.
     pub async fn start(config: &ServerConfig) -> Result<Server, ServerError> {
         config.limits.check().map_err(ServerError::Limits)?;
+        check_leases(config.heartbeat_interval, config.lease_grace).map_err(ServerError::Leases)?;
         // Bad TLS files fail the start before anything else is touched.
         let tls = match &config.tls {
             Some(settings) => Some(crate::tls::server_config(settings).await?),
@@ -365,4 +368,18 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Agents must be able to renew their lease: a heartbeat interval of zero,
+/// or one not shorter than the lease grace, is refused.
+pub fn check_leases(heartbeat: Duration, grace: Duration) -> Result<(), String> {
+    if heartbeat.is_zero() {
+        return Err("the heartbeat interval must be more than 0".into());
+    }
+    if heartbeat >= grace {
+        return Err(format!(
+            "the heartbeat interval ({heartbeat:?}) must be shorter than the lease grace ({grace:?}), or every worker would be declared lost between two heartbeats"
+        ));
+    }
+    Ok(())
 }

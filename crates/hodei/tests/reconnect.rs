@@ -165,3 +165,56 @@ async fn a_draining_agent_finishes_its_job_and_takes_no_new_one() {
         JobState::Queued
     );
 }
+
+/// Agents are told to heartbeat at a third of the lease grace unless the
+/// interval is set, and an interval that could not renew a lease (not
+/// shorter than the grace, or zero) stops the server at start.
+#[tokio::test]
+async fn heartbeats_follow_the_lease_grace() {
+    use hwp_proto::pb;
+    let dir = tempdir();
+    let server = ServerProc::start(&dir.path().join("data"), &["--lease-grace", "3s"]);
+    let mut client = hwp_client_with(&server.url, join_token()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = pb::Hello {
+        registration: Some(pb::WorkerRegistration {
+            worker_id: "pacer".into(),
+            slots: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(hello)),
+    })
+    .await
+    .expect("send Hello");
+    let mut inbound = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("attach")
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(pb::ServerMessage {
+            body: Some(pb::server_message::Body::Welcome(w)),
+        })) => assert_eq!((w.heartbeat_interval_ms, w.lease_grace_ms), (1_000, 3_000)),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    drop(tx);
+
+    for flags in [
+        &["--heartbeat-interval", "30s"][..],
+        &["--heartbeat-interval", "5s", "--lease-grace", "5s"],
+        &["--heartbeat-interval", "0s"],
+    ] {
+        let out = hodei()
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("refused"))
+            .args(flags)
+            .output()
+            .expect("run hodei server");
+        assert!(!out.status.success(), "{flags:?}: the server started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("heartbeat interval"), "{flags:?}: {stderr}");
+    }
+}

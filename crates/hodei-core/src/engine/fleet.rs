@@ -66,6 +66,14 @@ impl Fleet {
         r
     }
 
+    /// Renews worker `id`'s lease: the one change that leaves the indexes
+    /// as they are, and the most frequent (every heartbeat).
+    pub fn touch(&mut self, id: &str, now: Millis) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.last_seen = now;
+        }
+    }
+
     /// Places queued jobs on the workers with room (see
     /// [`crate::scheduler::place`]). The room placed jobs take is taken from
     /// the indexes at once; giving the jobs to the workers

@@ -215,7 +215,7 @@ impl Engine {
 
     pub(super) fn touch(&mut self, session: SessionId, now: Millis) {
         if let Some(id) = self.sessions.get(&session) {
-            self.workers.update(id, |w| w.last_seen = now);
+            self.workers.touch(id, now);
         }
     }
 

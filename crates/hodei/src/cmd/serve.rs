@@ -26,9 +26,10 @@ pub struct ServerArgs {
     /// instead of the embedded SQLite database in the data directory.
     #[arg(long, env = "HODEI_DATABASE")]
     pub database: Option<String>,
-    /// How often agents send heartbeats.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub heartbeat_interval: Duration,
+    /// How often agents send heartbeats [default: a third of the lease
+    /// grace, 10s with the default grace].
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
     /// How long a worker may be silent before its jobs are declared lost.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease_grace: Duration,
@@ -48,7 +49,7 @@ impl ServerArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             database: self.database.clone(),
-            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_interval: self.heartbeat_interval.unwrap_or(self.lease_grace / 3),
             lease_grace: self.lease_grace,
             tls: self.tls.settings(),
             limits: self.limits.limits(),
