@@ -23,6 +23,9 @@ pub(super) struct Fleet {
     queue_room: Rooms,
     /// Attached, with jobs held beyond their slots.
     waiting: BTreeSet<String>,
+    /// Some worker gained room or changed labels since [`Fleet::take_grown`]
+    /// was last called: a queued job that fit nowhere may fit now.
+    grown: bool,
 }
 
 impl Fleet {
@@ -63,6 +66,8 @@ impl Fleet {
             });
         let r = f(w);
         self.reindex(id);
+        // Its labels may have changed (a new session, a registration).
+        self.grown = true;
         r
     }
 
@@ -84,6 +89,12 @@ impl Fleet {
         place_in(queue, &mut self.free, &mut self.queue_room, |id| {
             workers.get(id).map(|w| &w.labels)
         })
+    }
+
+    /// Whether some worker gained room or changed labels since the last
+    /// call.
+    pub fn take_grown(&mut self) -> bool {
+        std::mem::take(&mut self.grown)
     }
 
     /// The workers with free slots, most first.
@@ -109,17 +120,17 @@ impl Fleet {
         let held = w.jobs.len() as u32;
         let attached = w.session.is_some();
         let open = attached && !w.draining;
-        self.free.set(
-            id,
-            if open {
-                w.slots.saturating_sub(held)
-            } else {
-                0
-            },
-        );
+        let free = if open {
+            w.slots.saturating_sub(held)
+        } else {
+            0
+        };
         // Prefetch not taken yet by the jobs held beyond the slots.
         let room = w.prefetch.saturating_sub(held.saturating_sub(w.slots));
-        self.queue_room.set(id, if open { room } else { 0 });
+        let room = if open { room } else { 0 };
+        self.grown |= free > self.free.room(id) || room > self.queue_room.room(id);
+        self.free.set(id, free);
+        self.queue_room.set(id, room);
         if attached && held > w.slots {
             if !self.waiting.contains(id) {
                 self.waiting.insert(id.to_string());

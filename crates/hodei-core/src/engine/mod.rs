@@ -82,6 +82,10 @@ pub struct Engine {
     /// A slot may have freed, a take-back resolved or a job been queued in
     /// this batch: look for prefetched jobs to take back at its end.
     recheck_waiting: bool,
+    /// Jobs were queued since the last dispatch (which placed every job it
+    /// could): with [`fleet::Fleet::take_grown`], whether placement can
+    /// find anything new.
+    queued_since_dispatch: bool,
 }
 
 impl Engine {
@@ -101,6 +105,7 @@ impl Engine {
             fenced: BTreeSet::new(),
             revoking: BTreeMap::new(),
             recheck_waiting: false,
+            queued_since_dispatch: false,
         }
     }
 
@@ -334,6 +339,7 @@ impl Engine {
 
     fn enqueue(&mut self, job: &Job) {
         self.recheck_waiting = true;
+        self.queued_since_dispatch = true;
         self.queue.insert(queue_key(job), queued_job(job));
     }
 

@@ -287,9 +287,15 @@ impl Engine {
             .collect()
     }
 
-    /// Places queued jobs on workers with free slots and sends the assignments.
+    /// Places queued jobs on workers with free slots and sends the
+    /// assignments. Only when something could have changed since the last
+    /// time, which placed every job it could: a job was queued, or a worker
+    /// gained room or new labels. Otherwise (a batch of heartbeats, a busy
+    /// fleet with a backlog) it costs nothing, whatever the queue holds.
     pub(super) fn dispatch(&mut self, now: Millis, out: &mut Output) {
-        if self.queue.is_empty() {
+        let grown = self.workers.take_grown();
+        let queued = std::mem::take(&mut self.queued_since_dispatch);
+        if self.queue.is_empty() || !(grown || queued) {
             return;
         }
         for p in self.workers.place(&self.queue) {

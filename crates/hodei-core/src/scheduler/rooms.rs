@@ -3,7 +3,7 @@
 //! whole fleet.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{Placement, QueueKey, QueuedJob};
 
@@ -78,7 +78,11 @@ impl Rooms {
 /// nothing).
 ///
 /// A job costs one lookup when the first worker in pick order fits it, and
-/// a walk only over the workers with room that do not.
+/// a walk only over the workers with room that do not. Room only shrinks
+/// during a walk, so once no worker fits a set of required labels, the
+/// walk passes over the other jobs that require the same set without
+/// looking at the workers again: a backlog that fits none of the workers
+/// with room costs one step per job, not one per job and worker.
 pub fn place_in<'a>(
     queue: &BTreeMap<QueueKey, QueuedJob>,
     slots: &mut Rooms,
@@ -88,32 +92,40 @@ pub fn place_in<'a>(
     let mut out = Vec::new();
     let mut walk = queue.values();
     let mut skipped = Vec::new();
+    let mut unfit = HashSet::new();
     while !slots.is_empty() {
         let Some(job) = walk.next() else { break };
-        if !take(slots, job, &labels, &mut out) {
+        if !take(slots, job, &labels, &mut unfit, &mut out) {
             skipped.push(job);
         }
     }
     // The jobs the first walk passed over, then those it did not reach,
     // still in key order. None of them fits a worker with a free slot left,
     // so this room is only that of busy workers.
+    let mut unfit = HashSet::new();
     for job in skipped.into_iter().chain(walk) {
         if queue_room.is_empty() {
             break;
         }
-        take(queue_room, job, &labels, &mut out);
+        take(queue_room, job, &labels, &mut unfit, &mut out);
     }
     out
 }
 
 /// Places `job` on the first worker in `rooms` it fits; whether it could.
-fn take<'a>(
+/// `unfit` holds the label sets known to fit no worker in `rooms`.
+fn take<'a, 'q>(
     rooms: &mut Rooms,
-    job: &QueuedJob,
+    job: &'q QueuedJob,
     labels: &impl Fn(&str) -> Option<&'a BTreeSet<String>>,
+    unfit: &mut HashSet<&'q [String]>,
     out: &mut Vec<Placement>,
 ) -> bool {
+    if unfit.contains(job.requires.as_slice()) {
+        return false;
+    }
     let Some(worker) = rooms.pick(|id| labels(id).is_some_and(|l| job.fits(l))) else {
+        unfit.insert(job.requires.as_slice());
         return false;
     };
     rooms.take_one(&worker);
@@ -190,6 +202,46 @@ mod tests {
         assert!(slots.is_empty());
         assert_eq!(queue_room.room("gpu"), 0);
         assert_eq!(queue_room.room("plain"), 1);
+    }
+
+    #[test]
+    fn a_backlog_no_worker_fits_is_passed_over_without_looking_at_every_worker_again() {
+        let plain: BTreeSet<String> = BTreeSet::new();
+        let mut slots = Rooms::default();
+        for i in 0..100 {
+            slots.set(&format!("w{i:03}"), 1);
+        }
+        let mut q: BTreeMap<QueueKey, QueuedJob> = (0..1_000)
+            .map(|i| {
+                let job = QueuedJob {
+                    id: format!("gpu{i}"),
+                    requires: vec!["gpu".into()],
+                };
+                (QueueKey::new(0, i), job)
+            })
+            .collect();
+        q.insert(
+            QueueKey::new(0, 1_000),
+            QueuedJob {
+                id: "plain".into(),
+                requires: vec![],
+            },
+        );
+        let looked = std::cell::Cell::new(0);
+        let p = place_in(&q, &mut slots, &mut Rooms::default(), |_| {
+            looked.set(looked.get() + 1);
+            Some(&plain)
+        });
+        assert_eq!(
+            p,
+            [Placement {
+                job: "plain".into(),
+                worker: "w000".into()
+            }]
+        );
+        // One look at each worker for the first gpu job, one for the plain
+        // job: not one per job and worker.
+        assert_eq!(looked.get(), 101);
     }
 
     #[test]

@@ -222,3 +222,40 @@ fn a_worker_with_prefetch_takes_that_many_jobs_beyond_its_slots() {
     let got: Vec<String> = assigned(&out).into_iter().map(|(_, j, _)| j).collect();
     assert_eq!(got, ["j3"]);
 }
+
+#[test]
+fn a_queued_job_goes_out_when_a_worker_gains_room_or_the_labels_it_needs() {
+    let mut e = engine();
+    let mut gpu_job = JobSpec::command(["train"]);
+    gpu_job.labels = vec!["gpu".into()];
+    batch(
+        &mut e,
+        0,
+        vec![
+            attach(1, "w", &[], 2),
+            submit(1, "busy", JobSpec::command(["sleep"])),
+        ],
+    );
+    // The free slot does not fit: the gpu job waits, and batches that
+    // change nothing (a heartbeat) send nothing.
+    let out = batch(&mut e, 0, vec![submit(2, "gpu", gpu_job)]);
+    assert!(assigned(&out).is_empty());
+    let beat = Input::Running {
+        session: 1,
+        running: vec![],
+    };
+    assert!(assigned(&batch(&mut e, 1, vec![beat])).is_empty());
+    // The same worker comes back on a new session with the label and the
+    // same room as before (one free slot): the job goes to it.
+    let mut back = reattach(2, "w", 2, ("busy", 1));
+    if let Input::Attach { labels, .. } = &mut back {
+        *labels = vec!["gpu".into()];
+    }
+    let out = batch(&mut e, 2, vec![back]);
+    assert_eq!(assigned(&out), [(2, "gpu".to_string(), 1)]);
+    // A job queued behind a full worker goes out when a slot frees.
+    let out = batch(&mut e, 3, vec![submit(3, "next", JobSpec::command(["x"]))]);
+    assert!(assigned(&out).is_empty());
+    let out = batch(&mut e, 4, vec![result(2, "busy", 1, 0)]);
+    assert_eq!(assigned(&out), [(2, "next".to_string(), 1)]);
+}
