@@ -21,6 +21,8 @@ pub mod forms;
 
 use std::sync::Arc;
 
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+
 /// What a secret value is replaced with.
 pub const MASK: &[u8] = b"[MASKED]";
 
@@ -84,12 +86,18 @@ pub fn validate_secret_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The byte strings to mask, longest first, and an index by first byte.
+/// The byte strings to mask, longest first, an index by first byte, and an
+/// automaton that finds them all in one pass.
 #[derive(Default)]
 pub struct Patterns {
     patterns: Vec<Vec<u8>>,
     /// Indexes into `patterns` (longest first) by first byte.
     by_first: Vec<Vec<u32>>,
+    /// Leftmost-longest search for every pattern at once (SIMD prefilters
+    /// skip the bytes no form can start with). `None` without patterns, or
+    /// if it could not be built (then [`Patterns::longest_at`] is tried at
+    /// every position, which finds the same matches more slowly).
+    finder: Option<AhoCorasick>,
 }
 
 impl std::fmt::Debug for Patterns {
@@ -114,35 +122,62 @@ impl Patterns {
         for (i, p) in patterns.iter().enumerate() {
             by_first[usize::from(p[0])].push(i as u32);
         }
-        Patterns { patterns, by_first }
+        let finder = (!patterns.is_empty())
+            .then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&patterns)
+                    .ok()
+            })
+            .flatten();
+        Patterns {
+            patterns,
+            by_first,
+            finder,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
 
-    /// The longest match at the start of `rest`, or whether one may still
-    /// come with more bytes (never when `last`).
-    fn match_at(&self, rest: &[u8], last: bool) -> Match {
-        for &i in &self.by_first[usize::from(rest[0])] {
-            let p = &self.patterns[i as usize];
-            if rest.len() >= p.len() {
-                if rest[..p.len()] == p[..] {
-                    return Match::Full(p.len());
-                }
-            } else if !last && p.starts_with(rest) {
-                // A longer form may still match: wait before deciding.
-                return Match::Partial;
-            }
+    /// The first match at or after `from`, as (start, length): the leftmost,
+    /// and the longest of those starting there.
+    fn next_match(&self, buf: &[u8], from: usize) -> Option<(usize, usize)> {
+        match &self.finder {
+            Some(finder) => finder
+                .find(Input::new(buf).range(from..))
+                .map(|m| (m.start(), m.len())),
+            None => (from..buf.len()).find_map(|i| self.longest_at(&buf[i..]).map(|n| (i, n))),
         }
-        Match::None
     }
-}
 
-enum Match {
-    Full(usize),
-    Partial,
-    None,
+    /// The length of the longest pattern `rest` starts with.
+    fn longest_at(&self, rest: &[u8]) -> Option<usize> {
+        self.by_first[usize::from(rest[0])]
+            .iter()
+            .map(|&i| &self.patterns[i as usize])
+            .find(|p| rest.starts_with(p))
+            .map(Vec::len)
+    }
+
+    /// The first position at or after `from` where a pattern could start
+    /// and run past the end of `buf` (the rest of `buf` is a proper prefix
+    /// of it): `buf.len()` if none. Only the last bytes, shorter than the
+    /// longest pattern, can be such a start.
+    fn first_partial(&self, buf: &[u8], from: usize) -> usize {
+        let longest = self.patterns.first().map_or(0, Vec::len);
+        let start = from.max(buf.len().saturating_sub(longest.saturating_sub(1)));
+        (start..buf.len())
+            .find(|&i| {
+                let rest = &buf[i..];
+                self.by_first[usize::from(rest[0])]
+                    .iter()
+                    .map(|&k| &self.patterns[k as usize])
+                    .any(|p| p.len() > rest.len() && p.starts_with(rest))
+            })
+            .unwrap_or(buf.len())
+    }
 }
 
 /// Masks one stream. See the module docs.
@@ -194,29 +229,37 @@ impl Masker {
         self.pending.len()
     }
 
+    /// Masks what came, leftmost-longest, up to the first place where a
+    /// pattern could still start and need bytes not seen yet (none when
+    /// `last`): a match found there could yet turn into a longer one. That
+    /// tail is held back for the next call.
     fn scan(&mut self, chunk: &[u8], last: bool) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.pending);
         buf.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(buf.len());
-        let (mut emitted, mut i) = (0, 0);
-        while i < buf.len() {
-            if self.patterns.by_first[usize::from(buf[i])].is_empty() {
-                i += 1;
-                continue;
+        let partial = |from| {
+            if last {
+                buf.len()
+            } else {
+                self.patterns.first_partial(&buf, from)
             }
-            match self.patterns.match_at(&buf[i..], last) {
-                Match::Full(len) => {
-                    out.extend_from_slice(&buf[emitted..i]);
-                    out.extend_from_slice(MASK);
-                    i += len;
-                    emitted = i;
-                }
-                Match::Partial => break,
-                Match::None => i += 1,
+        };
+        let mut emitted = 0;
+        let mut hold = partial(0);
+        while let Some((start, len)) = self.patterns.next_match(&buf, emitted) {
+            if start >= hold {
+                break;
+            }
+            out.extend_from_slice(&buf[emitted..start]);
+            out.extend_from_slice(MASK);
+            emitted = start + len;
+            // A match that ran past the held-back start: look again after it.
+            if emitted > hold {
+                hold = partial(emitted);
             }
         }
-        out.extend_from_slice(&buf[emitted..i]);
-        buf.drain(..i);
+        out.extend_from_slice(&buf[emitted..hold]);
+        buf.drain(..hold);
         self.pending = buf;
         out
     }

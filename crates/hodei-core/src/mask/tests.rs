@@ -249,3 +249,54 @@ fn job_specs_check_their_secret_names() {
     let old: JobSpec = serde_json::from_str(r#"{"command":["true"]}"#).unwrap();
     assert!(old.secrets.is_empty());
 }
+
+#[test]
+fn the_automaton_finds_what_a_search_at_every_position_finds() {
+    let values = [SECRET, "abcd", "abcdefgh", "hunter2!"];
+    let patterns = || Patterns::new(values.iter().map(|v| v.as_bytes()));
+    let fast = Arc::new(patterns());
+    assert!(fast.finder.is_some());
+    let slow = Arc::new(Patterns {
+        finder: None,
+        ..patterns()
+    });
+    // Output made of pieces of every form, noise and partial forms, fed in
+    // chunks of varying sizes (a fixed pseudo-random sequence).
+    let mut pieces: Vec<Vec<u8>> = values.iter().flat_map(|v| printed_forms(v)).collect();
+    let partial: Vec<Vec<u8>> = pieces.iter().map(|p| p[..p.len() / 2].to_vec()).collect();
+    pieces.extend(partial);
+    pieces.extend([
+        b"x".to_vec(),
+        b" \n".to_vec(),
+        b"abc".to_vec(),
+        vec![0, 255],
+    ]);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for _ in 0..200 {
+        let data: Vec<u8> = (0..40)
+            .flat_map(|_| pieces[next(pieces.len())].clone())
+            .collect();
+        let (mut a, mut b) = (Masker::new(fast.clone()), Masker::new(slow.clone()));
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + 1 + next(64)).min(data.len());
+            out_a.extend(a.feed(&data[at..end]));
+            out_b.extend(b.feed(&data[at..end]));
+            assert_eq!(a.pending(), b.pending());
+            at = end;
+        }
+        out_a.extend(a.flush());
+        out_b.extend(b.flush());
+        assert_eq!(text(&out_a), text(&out_b));
+        // And the same as masking it whole.
+        let whole = run(&mut Masker::new(fast.clone()), &[&data]);
+        assert_eq!(text(&out_a), text(&whole));
+    }
+}
