@@ -372,7 +372,7 @@ impl Drop for AbortOnDrop {
 
 /// Agents must be able to renew their lease: a heartbeat interval of zero,
 /// or one not shorter than the lease grace, is refused.
-pub fn check_leases(heartbeat: Duration, grace: Duration) -> Result<(), String> {
+fn check_leases(heartbeat: Duration, grace: Duration) -> Result<(), String> {
     if heartbeat.is_zero() {
         return Err("the heartbeat interval must be more than 0".into());
     }

@@ -98,7 +98,7 @@ impl Engine {
     /// jobs that wait are the newest of those not started.
     fn lines(&self) -> (Vec<Line<'_>>, Vec<SessionId>) {
         let (mut lines, mut sessions) = (Vec::new(), Vec::new());
-        for (_, w) in self.workers.waiting() {
+        for w in self.workers.waiting() {
             let Some(session) = w.session else { continue };
             let beyond = w.jobs.len().saturating_sub(w.slots as usize);
             if beyond == 0 {
