@@ -78,44 +78,51 @@ pub struct Placement {
 /// engine keeps its workers' room indexed and calls [`place_in`]; this
 /// builds the indexes from `workers` first.
 pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> Vec<Placement> {
-    let (mut slots, mut queue_room) = (Rooms::default(), Rooms::default());
-    for w in workers.iter().filter(|w| !w.draining) {
-        slots.set(&w.id, w.free_slots);
-        queue_room.set(&w.id, w.queue_room);
-    }
-    let labels: HashMap<&str, &BTreeSet<String>> =
-        workers.iter().map(|w| (w.id.as_str(), &w.labels)).collect();
+    let (mut slots, mut queue_room) = rooms_of(workers);
+    let labels = labels_of(workers);
     place_in(queue, &mut slots, &mut queue_room, |id| {
         labels.get(id).copied()
     })
 }
 
+/// The room indexes of `workers` (free slots, prefetch room) as the engine
+/// keeps them: a draining worker has no room.
+pub fn rooms_of(workers: &[WorkerView]) -> (Rooms, Rooms) {
+    let (mut slots, mut queue_room) = (Rooms::default(), Rooms::default());
+    for w in workers.iter().filter(|w| !w.draining) {
+        slots.set(&w.id, w.free_slots);
+        queue_room.set(&w.id, w.queue_room);
+    }
+    (slots, queue_room)
+}
+
+/// Each of `workers`' labels, by id.
+pub fn labels_of(workers: &[WorkerView]) -> HashMap<&str, &BTreeSet<String>> {
+    workers.iter().map(|w| (w.id.as_str(), &w.labels)).collect()
+}
+
 /// Which of the jobs waiting in agents' prefetch queues to take back, so
 /// that the free slots left after [`place`] run them instead of idling.
 ///
-/// `workers` are the views after placement (only those with free slots
-/// matter); `waiting` the jobs held beyond
+/// `free` is the free-slot index after placement (draining workers have no
+/// room), `labels` gives a worker's labels; `waiting` the jobs held beyond
 /// their workers' slots, in the order they should get a slot (queue key
 /// order); `in_flight` the jobs already being taken back, which will fill
 /// free slots they fit first. Each job taken back needs a free slot that
-/// fits it, on a worker that is not draining. A worker with waiting jobs
+/// fits it. A worker with waiting jobs
 /// has no free slot, so a job never goes back to a worker as busy as the
 /// one it left.
-pub fn revocations(
-    workers: &[WorkerView],
+pub fn revocations<'a>(
+    free: &Rooms,
+    labels: impl Fn(&str) -> Option<&'a BTreeSet<String>>,
     waiting: &[QueuedJob],
     in_flight: &[QueuedJob],
 ) -> Vec<String> {
-    let mut free: Vec<(usize, u32)> = workers
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| !w.draining && w.free_slots > 0)
-        .map(|(i, w)| (i, w.free_slots))
-        .collect();
+    let mut free: Vec<(&str, u32)> = free.iter().collect();
     let mut take = |job: &QueuedJob| {
         let pos = free
             .iter()
-            .position(|(i, left)| *left > 0 && job.fits(&workers[*i].labels));
+            .position(|(id, left)| *left > 0 && labels(id).is_some_and(|l| job.fits(l)));
         pos.map(|pos| free[pos].1 -= 1).is_some()
     };
     for job in in_flight {
@@ -346,13 +353,20 @@ mod tests {
             .collect()
     }
 
+    /// [`revocations`] over the free slots of `workers`.
+    fn take_backs(workers: &[WorkerView], w: &[QueuedJob], back: &[QueuedJob]) -> Vec<String> {
+        let (free, _) = rooms_of(workers);
+        let labels = labels_of(workers);
+        revocations(&free, |id| labels.get(id).copied(), w, back)
+    }
+
     #[test]
     fn free_slots_take_back_as_many_waiting_jobs_as_they_can_run() {
         let w = waiting(&[("a", &[]), ("b", &[]), ("c", &[])]);
         let idle = [worker("idle", &[], 2), worker("busy", &[], 0)];
-        assert_eq!(revocations(&idle, &w, &[]), vec!["a", "b"]);
+        assert_eq!(take_backs(&idle, &w, &[]), vec!["a", "b"]);
         // Nothing free, nothing taken back.
-        assert!(revocations(&[worker("busy", &[], 0)], &w, &[]).is_empty());
+        assert!(take_backs(&[worker("busy", &[], 0)], &w, &[]).is_empty());
     }
 
     #[test]
@@ -360,9 +374,9 @@ mod tests {
         let w = waiting(&[("b", &[]), ("c", &[])]);
         let back = waiting(&[("a", &[])]);
         let idle = [worker("idle", &[], 2)];
-        assert_eq!(revocations(&idle, &w, &back), vec!["b"]);
+        assert_eq!(take_backs(&idle, &w, &back), vec!["b"]);
         let idle = [worker("idle", &[], 1)];
-        assert!(revocations(&idle, &w, &back).is_empty());
+        assert!(take_backs(&idle, &w, &back).is_empty());
     }
 
     #[test]
@@ -370,17 +384,17 @@ mod tests {
         let w = waiting(&[("gpu", &["gpu"]), ("any", &[])]);
         let plain = worker("plain", &[], 1);
         assert_eq!(
-            revocations(std::slice::from_ref(&plain), &w, &[]),
+            take_backs(std::slice::from_ref(&plain), &w, &[]),
             vec!["any"]
         );
         // A job coming back that needs a GPU does not use the plain slot.
         let back = waiting(&[("gpu2", &["gpu"])]);
-        assert_eq!(revocations(&[plain], &w, &back), vec!["any"]);
+        assert_eq!(take_backs(&[plain], &w, &back), vec!["any"]);
         let draining = WorkerView {
             draining: true,
             ..worker("draining", &[], 3)
         };
-        assert!(revocations(&[draining], &w, &[]).is_empty());
+        assert!(take_backs(&[draining], &w, &[]).is_empty());
     }
 
     fn line<'a>(labels: &'a BTreeSet<String>, waiting: &[(&str, i32, u64)]) -> Line<'a> {

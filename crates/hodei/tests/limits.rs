@@ -488,14 +488,7 @@ fn nonsense_limits_stop_the_server_at_start() {
         ("--max-args=0", "--max-args"),
         ("--max-env-size=lots", "--max-env-size"),
     ] {
-        let out = hodei()
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg(flag)
-            .output()
-            .expect("run hodei server");
-        assert!(!out.status.success(), "{flag}: the server started");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused_start(&dir.path().join("data"), &[flag]);
         assert!(stderr.contains(words), "{flag}: {stderr}");
     }
 }

@@ -207,14 +207,7 @@ async fn heartbeats_follow_the_lease_grace() {
         &["--heartbeat-interval", "5s", "--lease-grace", "5s"],
         &["--heartbeat-interval", "0s"],
     ] {
-        let out = hodei()
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("refused"))
-            .args(flags)
-            .output()
-            .expect("run hodei server");
-        assert!(!out.status.success(), "{flags:?}: the server started");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused_start(&dir.path().join("refused"), flags);
         assert!(stderr.contains("heartbeat interval"), "{flags:?}: {stderr}");
     }
 }

@@ -165,10 +165,10 @@ mod tests {
         assert!(fleet.waiting.contains("w"));
         fleet.update("w", |w| w.draining = true);
         assert_eq!(fleet.queue_room.room("w"), 0);
-        fleet.update("w", |w| {
-            w.draining = false;
-            w.jobs.clear();
-        });
+        // Draining: no room at all, even with its slots free.
+        fleet.update("w", |w| w.jobs.clear());
+        assert!(fleet.free.is_empty() && fleet.queue_room.is_empty());
+        fleet.update("w", |w| w.draining = false);
         assert_eq!((fleet.free.room("w"), fleet.queue_room.room("w")), (2, 1));
         assert_eq!(fleet.waiting().count(), 0);
         fleet.update("w", |w| w.session = None);

@@ -43,8 +43,8 @@ impl Engine {
         }
         let mut picks: Vec<(String, &str)> = Vec::new();
         // Where a job taken back could run at once.
-        let idle = self.free_worker_views();
-        if !idle.is_empty() {
+        let free = self.workers.free();
+        if !free.is_empty() {
             let mut waiting: Vec<&(QueueKey, QueuedJob)> = lines
                 .iter()
                 .flat_map(|line| &line.waiting)
@@ -59,8 +59,9 @@ impl Engine {
                 .filter_map(|id| self.jobs.get(id))
                 .map(|l| queued_job(&l.job))
                 .collect();
-            let free = revocations(&idle, &candidates, &in_flight);
-            picks.extend(free.into_iter().map(|id| (id, FOR_FREE_SLOT)));
+            let labels = |id: &str| self.workers.get(id).map(|w| &w.labels);
+            let back = revocations(free, labels, &candidates, &in_flight);
+            picks.extend(back.into_iter().map(|id| (id, FOR_FREE_SLOT)));
         }
         let urgent = overtaken(&lines, &self.queue);
         picks.extend(urgent.into_iter().map(|id| (id, FOR_URGENT_JOB)));

@@ -5,7 +5,6 @@ use super::{
     WorkerInfo, WorkerRecord,
 };
 use crate::job::{JobEvent, JobState, Millis};
-use crate::scheduler::WorkerView;
 use crate::spec::validate_worker_id;
 
 /// Most assignments a worker may queue beyond its slots.
@@ -269,22 +268,6 @@ impl Engine {
                 let _ = self.apply(&job_id, JobEvent::WorkerLost { attempt, reason }, now, out);
             }
         }
-    }
-
-    /// The workers with free slots, as the scheduler sees them.
-    pub(super) fn free_worker_views(&self) -> Vec<WorkerView> {
-        self.workers
-            .free()
-            .iter()
-            .filter_map(|(id, free)| self.workers.get(id).map(|w| (id, free, w)))
-            .map(|(id, free, w)| WorkerView {
-                id: id.to_string(),
-                labels: w.labels.clone(),
-                free_slots: free,
-                queue_room: 0,
-                draining: false,
-            })
-            .collect()
     }
 
     /// Places queued jobs on workers with free slots and sends the

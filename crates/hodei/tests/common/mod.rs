@@ -461,3 +461,16 @@ pub async fn expect_error(
         assert_eq!(err.field.as_deref(), Some(field), "GET {path}: {err:?}");
     }
 }
+
+/// Starts `hodei server` with `flags` on `data_dir`, expecting it to refuse
+/// to start; returns what it printed on stderr.
+pub fn refused_start(data_dir: &Path, flags: &[&str]) -> String {
+    let out = hodei()
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(flags)
+        .output()
+        .expect("run hodei server");
+    assert!(!out.status.success(), "{flags:?}: the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::Plan;
 use super::report::{Report, round3};
-use super::rig::{ServerProcess, cpu_seconds, job, nofile};
+use super::rig::{ServerProcess, cpu_seconds, nofile, submit_noops};
 use super::sim_agent::{self, Fleet};
 
 /// Sessions being set up at once (connect, Hello, Welcome).
@@ -209,17 +209,8 @@ async fn dispatch(
     let mut submitters = JoinSet::new();
     for k in 0..SUBMITTERS {
         let client = client.clone();
-        let mut left = jobs / SUBMITTERS + usize::from(k < jobs % SUBMITTERS);
-        submitters.spawn(async move {
-            while left > 0 {
-                let take = left.min(BATCH);
-                client
-                    .submit_batch((0..take).map(|_| job(&["true"])).collect())
-                    .await?;
-                left -= take;
-            }
-            Ok::<_, hodei_client::ClientError>(())
-        });
+        let count = jobs / SUBMITTERS + usize::from(k < jobs % SUBMITTERS);
+        submitters.spawn(async move { submit_noops(&client, count, BATCH).await });
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     while fleet.fleet.done.load(Ordering::Relaxed) - done0 < jobs {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hodei_agent::AgentConfig;
 use hodei_agent::process::ProcessExecutor;
-use hodei_client::Client;
+use hodei_client::{Client, ClientError};
 use hodei_core::api::SubmitRequest;
 use hodei_core::engine::Notice;
 use hodei_server::{Server, ServerConfig};
@@ -175,6 +175,17 @@ pub async fn wait_ready(client: &Client, n: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Submits `count` no-op jobs (`true`) in requests of at most `size`.
+pub async fn submit_noops(client: &Client, count: usize, size: usize) -> Result<(), ClientError> {
+    let mut left = count;
+    while left > 0 {
+        let take = left.min(size);
+        client.submit_batch(vec![job(&["true"]); take]).await?;
+        left -= take;
+    }
+    Ok(())
 }
 
 pub fn job(argv: &[&str]) -> SubmitRequest {

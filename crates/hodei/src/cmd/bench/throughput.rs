@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::Plan;
 use super::report::{Report, round3};
-use super::rig::{Rig, children_cpu_seconds, cpu_times, job};
+use super::rig::{Rig, children_cpu_seconds, cpu_times, job, submit_noops};
 
 /// Concurrent submitting clients, one job per request.
 const SUBMITTERS: usize = 16;
@@ -45,16 +45,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                         client.submit(&job(&["true"])).await?;
                     }
                 }
-                Some(size) => {
-                    let mut left = count;
-                    while left > 0 {
-                        let take = left.min(size);
-                        client
-                            .submit_batch((0..take).map(|_| job(&["true"])).collect())
-                            .await?;
-                        left -= take;
-                    }
-                }
+                Some(size) => submit_noops(&client, count, size).await?,
             }
             Ok::<_, hodei_client::ClientError>(())
         }));
