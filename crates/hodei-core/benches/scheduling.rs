@@ -54,21 +54,17 @@ fn placement(c: &mut Criterion) {
     let mut group = c.benchmark_group("place 250 jobs");
     for n in FLEETS {
         let views = views(n);
-        let labels: BTreeMap<String, BTreeSet<String>> = views
-            .iter()
-            .map(|w| (w.id.clone(), w.labels.clone()))
-            .collect();
         let (mut slots, mut room) = (Rooms::default(), Rooms::default());
         for w in &views {
-            slots.set(&w.id, w.free_slots);
-            room.set(&w.id, w.queue_room);
+            slots.set(&w.id, w.free_slots, &w.labels);
+            room.set(&w.id, w.queue_room, &w.labels);
         }
         group.bench_with_input(BenchmarkId::new("indexed", n), &n, |b, _| {
             b.iter_batched(
                 || (slots.clone(), room.clone()),
                 // The indexes are handed back, to be dropped outside the timing.
                 |(mut s, mut r)| {
-                    let placed = place_in(&q, &mut s, &mut r, |id| labels.get(id));
+                    let placed = place_in(&q, &mut s, &mut r);
                     (black_box(placed), s, r)
                 },
                 BatchSize::LargeInput,
@@ -76,6 +72,50 @@ fn placement(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("indexes built per call", n), &n, |b, _| {
             b.iter(|| black_box(place(&q, &views)))
+        });
+    }
+    group.finish();
+}
+
+/// 250 jobs that need the label `gpu`, on `n` idle workers of which 10
+/// have it, with less room than the others: they come last in pick order.
+fn labeled_placement(c: &mut Criterion) {
+    let q: BTreeMap<QueueKey, QueuedJob> = (0..BATCH as u64)
+        .map(|i| {
+            let job = QueuedJob {
+                id: format!("gpu-job-{i:04}"),
+                requires: vec!["gpu".to_string()],
+            };
+            (QueueKey::new(0, i), job)
+        })
+        .collect();
+    let mut group = c.benchmark_group("place 250 jobs needing a label 10 workers have");
+    for n in FLEETS.into_iter().filter(|n| *n > 10) {
+        let labels: BTreeMap<String, BTreeSet<String>> = (0..n)
+            .map(|i| {
+                let l = if i % (n / 10) == 0 { "gpu" } else { "linux" };
+                (worker_id(i), [l.to_string()].into())
+            })
+            .collect();
+        let mut slots = Rooms::default();
+        for (id, l) in &labels {
+            let room = if l.contains("gpu") {
+                BATCH as u32 / 10
+            } else {
+                BATCH as u32
+            };
+            slots.set(id, room, l);
+        }
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_batched(
+                || slots.clone(),
+                |mut s| {
+                    let placed = place_in(&q, &mut s, &mut Rooms::default());
+                    assert_eq!(placed.len(), BATCH);
+                    (black_box(placed), s)
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     group.finish();
@@ -170,5 +210,5 @@ fn engine_batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, placement, engine_batch);
+criterion_group!(benches, placement, labeled_placement, engine_batch);
 criterion_main!(benches);

@@ -15,7 +15,7 @@
 //! that the free slot runs one of them.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 mod rooms;
 
@@ -79,10 +79,7 @@ pub struct Placement {
 /// builds the indexes from `workers` first.
 pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> Vec<Placement> {
     let (mut slots, mut queue_room) = rooms_of(workers);
-    let labels = labels_of(workers);
-    place_in(queue, &mut slots, &mut queue_room, |id| {
-        labels.get(id).copied()
-    })
+    place_in(queue, &mut slots, &mut queue_room)
 }
 
 /// The room indexes of `workers` (free slots, prefetch room) as the engine
@@ -90,40 +87,30 @@ pub fn place(queue: &BTreeMap<QueueKey, QueuedJob>, workers: &[WorkerView]) -> V
 pub fn rooms_of(workers: &[WorkerView]) -> (Rooms, Rooms) {
     let (mut slots, mut queue_room) = (Rooms::default(), Rooms::default());
     for w in workers.iter().filter(|w| !w.draining) {
-        slots.set(&w.id, w.free_slots);
-        queue_room.set(&w.id, w.queue_room);
+        slots.set(&w.id, w.free_slots, &w.labels);
+        queue_room.set(&w.id, w.queue_room, &w.labels);
     }
     (slots, queue_room)
-}
-
-/// Each of `workers`' labels, by id.
-pub fn labels_of(workers: &[WorkerView]) -> HashMap<&str, &BTreeSet<String>> {
-    workers.iter().map(|w| (w.id.as_str(), &w.labels)).collect()
 }
 
 /// Which of the jobs waiting in agents' prefetch queues to take back, so
 /// that the free slots left after [`place`] run them instead of idling.
 ///
 /// `free` is the free-slot index after placement (draining workers have no
-/// room), `labels` gives a worker's labels; `waiting` the jobs held beyond
+/// room); `waiting` the jobs held beyond
 /// their workers' slots, in the order they should get a slot (queue key
 /// order); `in_flight` the jobs already being taken back, which will fill
 /// free slots they fit first. Each job taken back needs a free slot that
 /// fits it. A worker with waiting jobs
 /// has no free slot, so a job never goes back to a worker as busy as the
 /// one it left.
-pub fn revocations<'a>(
-    free: &Rooms,
-    labels: impl Fn(&str) -> Option<&'a BTreeSet<String>>,
-    waiting: &[QueuedJob],
-    in_flight: &[QueuedJob],
-) -> Vec<String> {
-    let mut free: Vec<(&str, u32)> = free.iter().collect();
+pub fn revocations(free: &Rooms, waiting: &[QueuedJob], in_flight: &[QueuedJob]) -> Vec<String> {
+    let mut left: Vec<(&str, u32)> = free.iter().collect();
     let mut take = |job: &QueuedJob| {
-        let pos = free
+        let pos = left
             .iter()
-            .position(|(id, left)| *left > 0 && labels(id).is_some_and(|l| job.fits(l)));
-        pos.map(|pos| free[pos].1 -= 1).is_some()
+            .position(|(id, room)| *room > 0 && free.labels(id).is_some_and(|l| job.fits(l)));
+        pos.map(|pos| left[pos].1 -= 1).is_some()
     };
     for job in in_flight {
         take(job);
@@ -356,8 +343,7 @@ mod tests {
     /// [`revocations`] over the free slots of `workers`.
     fn take_backs(workers: &[WorkerView], w: &[QueuedJob], back: &[QueuedJob]) -> Vec<String> {
         let (free, _) = rooms_of(workers);
-        let labels = labels_of(workers);
-        revocations(&free, |id| labels.get(id).copied(), w, back)
+        revocations(&free, w, back)
     }
 
     #[test]

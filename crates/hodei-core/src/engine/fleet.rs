@@ -85,10 +85,7 @@ impl Fleet {
     /// ([`Fleet::update`]) leaves it as it is, and [`Fleet::reindex`] puts it
     /// back for a placement that is not carried out.
     pub fn place(&mut self, queue: &BTreeMap<QueueKey, QueuedJob>) -> Vec<Placement> {
-        let workers = &self.workers;
-        place_in(queue, &mut self.free, &mut self.queue_room, |id| {
-            workers.get(id).map(|w| &w.labels)
-        })
+        place_in(queue, &mut self.free, &mut self.queue_room)
     }
 
     /// Whether some worker gained room or changed labels since the last
@@ -110,8 +107,8 @@ impl Fleet {
     /// Brings `id`'s entries in the indexes in line with its record.
     pub fn reindex(&mut self, id: &str) {
         let Some(w) = self.workers.get(id) else {
-            self.free.set(id, 0);
-            self.queue_room.set(id, 0);
+            self.free.remove(id);
+            self.queue_room.remove(id);
             self.waiting.remove(id);
             return;
         };
@@ -127,8 +124,8 @@ impl Fleet {
         let room = w.prefetch.saturating_sub(held.saturating_sub(w.slots));
         let room = if open { room } else { 0 };
         self.grown |= free > self.free.room(id) || room > self.queue_room.room(id);
-        self.free.set(id, free);
-        self.queue_room.set(id, room);
+        self.free.set(id, free, &w.labels);
+        self.queue_room.set(id, room, &w.labels);
         if attached && held > w.slots {
             if !self.waiting.contains(id) {
                 self.waiting.insert(id.to_string());

@@ -59,8 +59,7 @@ impl Engine {
                 .filter_map(|id| self.jobs.get(id))
                 .map(|l| queued_job(&l.job))
                 .collect();
-            let labels = |id: &str| self.workers.get(id).map(|w| &w.labels);
-            let back = revocations(free, labels, &candidates, &in_flight);
+            let back = revocations(free, &candidates, &in_flight);
             picks.extend(back.into_iter().map(|id| (id, FOR_FREE_SLOT)));
         }
         let urgent = overtaken(&lines, &self.queue);

@@ -1,93 +1,210 @@
 //! The workers that have room for a job, kept in the order placement picks
-//! them, so that placing a job costs a lookup instead of a walk over the
-//! whole fleet.
+//! them, and by label, so that placing a job costs a lookup instead of a
+//! walk over the whole fleet.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::{Placement, QueueKey, QueuedJob};
+
+/// Pick order: the most room first, then by worker id.
+type Order = BTreeSet<(Reverse<u32>, Arc<str>)>;
 
 /// Workers with room for at least one more job, ordered the way placement
 /// picks among those a job fits: the most room first (spreads load), then
 /// by worker id (reproducible). A worker with no room is not in it.
 ///
+/// The same order is kept per label, over the workers that have it: a job
+/// that needs labels is looked for among the workers that have the rarest
+/// of them, not among every worker with room (10 `gpu` workers in a fleet
+/// of 10,000 cost a `gpu` job 10 looks, not up to 10,000).
+///
 /// The engine keeps one for free slots and one for prefetch room, updated
 /// whenever a worker changes; [`place_in`] takes room as it places jobs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Rooms {
-    order: BTreeSet<(Reverse<u32>, String)>,
-    room: HashMap<String, u32>,
+    order: Order,
+    by_label: HashMap<String, Order>,
+    entries: HashMap<Arc<str>, Entry>,
+    /// Workers looked at by placement (tests count them).
+    #[cfg(test)]
+    looked: std::cell::Cell<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    id: Arc<str>,
+    room: u32,
+    labels: BTreeSet<String>,
 }
 
 impl Rooms {
-    /// Sets `id`'s room (0 removes it).
-    pub fn set(&mut self, id: &str, room: u32) {
-        let old = self.room(id);
-        if old == room {
-            return;
+    /// Sets `id`'s room and labels (room 0 removes it).
+    pub fn set(&mut self, id: &str, room: u32, labels: &BTreeSet<String>) {
+        let Rooms {
+            order,
+            by_label,
+            entries,
+            ..
+        } = self;
+        match entries.get_mut(id) {
+            Some(e) if e.labels == *labels && room > 0 => reposition(order, by_label, e, room),
+            // Other labels (or no room left): out of every order, then in
+            // again as new.
+            Some(_) => {
+                self.remove(id);
+                self.set(id, room, labels);
+            }
+            None if room > 0 => {
+                let e = Entry {
+                    id: Arc::from(id),
+                    room,
+                    labels: labels.clone(),
+                };
+                index(order, by_label, &e);
+                entries.insert(e.id.clone(), e);
+            }
+            None => {}
         }
-        if old > 0 {
-            self.order.remove(&(Reverse(old), id.to_string()));
-        }
-        if room > 0 {
-            self.order.insert((Reverse(room), id.to_string()));
-            self.room.insert(id.to_string(), room);
-        } else {
-            self.room.remove(id);
+    }
+
+    /// Forgets `id`.
+    pub fn remove(&mut self, id: &str) {
+        if let Some(e) = self.entries.remove(id) {
+            unindex(&mut self.order, &mut self.by_label, &e);
         }
     }
 
     /// `id`'s room (0 when it has none or is unknown).
     pub fn room(&self, id: &str) -> u32 {
-        self.room.get(id).copied().unwrap_or(0)
+        self.entries.get(id).map_or(0, |e| e.room)
+    }
+
+    /// `id`'s labels, if it has room.
+    pub fn labels(&self, id: &str) -> Option<&BTreeSet<String>> {
+        self.entries.get(id).map(|e| &e.labels)
     }
 
     pub fn len(&self) -> usize {
-        self.room.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.room.is_empty()
+        self.entries.is_empty()
     }
 
     /// The workers and their room, in pick order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.order.iter().map(|(r, id)| (id.as_str(), r.0))
+        self.order.iter().map(|(r, id)| (&**id, r.0))
     }
 
-    /// The first worker in pick order that `fits`.
-    fn pick(&self, fits: impl Fn(&str) -> bool) -> Option<String> {
-        self.order
+    /// The first worker in pick order that `job` fits: among the workers
+    /// with the rarest label it needs (each worker it fits has that label),
+    /// or among all when it needs none.
+    fn pick(&self, job: &QueuedJob) -> Option<Arc<str>> {
+        let mut among = &self.order;
+        for (i, label) in job.requires.iter().enumerate() {
+            // No worker with room has it: none fits.
+            let with = self.by_label.get(label)?;
+            if i == 0 || with.len() < among.len() {
+                among = with;
+            }
+        }
+        among
             .iter()
             .map(|(_, id)| id)
-            .find(|id| fits(id))
+            .find(|id| {
+                #[cfg(test)]
+                self.looked.set(self.looked.get() + 1);
+                self.entries
+                    .get(&***id)
+                    .is_some_and(|e| job.fits(&e.labels))
+            })
             .cloned()
     }
 
     /// Takes one unit of `id`'s room.
     fn take_one(&mut self, id: &str) {
-        let left = self.room(id).saturating_sub(1);
-        self.set(id, left);
+        let Rooms {
+            order,
+            by_label,
+            entries,
+            ..
+        } = self;
+        let Some(e) = entries.get_mut(id) else {
+            return;
+        };
+        if e.room > 1 {
+            reposition(order, by_label, e, e.room - 1);
+        } else {
+            self.remove(id);
+        }
     }
+}
+
+fn index(order: &mut Order, by_label: &mut HashMap<String, Order>, e: &Entry) {
+    let key = (Reverse(e.room), e.id.clone());
+    for label in &e.labels {
+        match by_label.get_mut(label) {
+            Some(with) => {
+                with.insert(key.clone());
+            }
+            None => {
+                by_label.insert(label.clone(), BTreeSet::from([key.clone()]));
+            }
+        }
+    }
+    order.insert(key);
+}
+
+/// Moves `e` to its place for `room` (not 0) in every order it is in.
+fn reposition(order: &mut Order, by_label: &mut HashMap<String, Order>, e: &mut Entry, room: u32) {
+    if e.room == room {
+        return;
+    }
+    let old = (Reverse(e.room), e.id.clone());
+    let new = (Reverse(room), e.id.clone());
+    for label in &e.labels {
+        if let Some(with) = by_label.get_mut(label) {
+            with.remove(&old);
+            with.insert(new.clone());
+        }
+    }
+    order.remove(&old);
+    order.insert(new);
+    e.room = room;
+}
+
+fn unindex(order: &mut Order, by_label: &mut HashMap<String, Order>, e: &Entry) {
+    let key = (Reverse(e.room), e.id.clone());
+    for label in &e.labels {
+        if let Some(with) = by_label.get_mut(label) {
+            with.remove(&key);
+            if with.is_empty() {
+                by_label.remove(label);
+            }
+        }
+    }
+    order.remove(&key);
 }
 
 /// Places as many queued jobs as the free slots in `slots` allow, then, for
 /// the jobs left, as many as the prefetch room in `queue_room` allows
 /// (the rules are those of [`super::place`]). Takes the room it uses from
-/// both indexes; `labels` gives a worker's labels (`None`: unknown, fits
-/// nothing).
+/// both indexes.
 ///
-/// A job costs one lookup when the first worker in pick order fits it, and
-/// a walk only over the workers with room that do not. Room only shrinks
-/// during a walk, so once no worker fits a set of required labels, the
-/// walk passes over the other jobs that require the same set without
-/// looking at the workers again: a backlog that fits none of the workers
-/// with room costs one step per job, not one per job and worker.
-pub fn place_in<'a>(
+/// A job costs one lookup when the first worker in pick order (among those
+/// with the labels it needs) fits it, and a walk only over the workers
+/// with room and its rarest label that do not. Room only shrinks during a
+/// walk, so once no worker fits a set of required labels, the walk passes
+/// over the other jobs that require the same set without looking at the
+/// workers again: a backlog that fits none of the workers with room costs
+/// one step per job, not one per job and worker.
+pub fn place_in(
     queue: &BTreeMap<QueueKey, QueuedJob>,
     slots: &mut Rooms,
     queue_room: &mut Rooms,
-    labels: impl Fn(&str) -> Option<&'a BTreeSet<String>>,
 ) -> Vec<Placement> {
     let mut out = Vec::new();
     let mut walk = queue.values();
@@ -95,7 +212,7 @@ pub fn place_in<'a>(
     let mut unfit = HashSet::new();
     while !slots.is_empty() {
         let Some(job) = walk.next() else { break };
-        if !take(slots, job, &labels, &mut unfit, &mut out) {
+        if !take(slots, job, &mut unfit, &mut out) {
             skipped.push(job);
         }
     }
@@ -107,31 +224,30 @@ pub fn place_in<'a>(
         if queue_room.is_empty() {
             break;
         }
-        take(queue_room, job, &labels, &mut unfit, &mut out);
+        take(queue_room, job, &mut unfit, &mut out);
     }
     out
 }
 
 /// Places `job` on the first worker in `rooms` it fits; whether it could.
 /// `unfit` holds the label sets known to fit no worker in `rooms`.
-fn take<'a, 'q>(
+fn take<'q>(
     rooms: &mut Rooms,
     job: &'q QueuedJob,
-    labels: &impl Fn(&str) -> Option<&'a BTreeSet<String>>,
     unfit: &mut HashSet<&'q [String]>,
     out: &mut Vec<Placement>,
 ) -> bool {
     if unfit.contains(job.requires.as_slice()) {
         return false;
     }
-    let Some(worker) = rooms.pick(|id| labels(id).is_some_and(|l| job.fits(l))) else {
+    let Some(worker) = rooms.pick(job) else {
         unfit.insert(job.requires.as_slice());
         return false;
     };
     rooms.take_one(&worker);
     out.push(Placement {
         job: job.id.clone(),
-        worker,
+        worker: worker.to_string(),
     });
     true
 }
@@ -140,16 +256,41 @@ fn take<'a, 'q>(
 mod tests {
     use super::*;
 
+    fn labels(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn job(id: &str, requires: &[&str]) -> QueuedJob {
+        QueuedJob {
+            id: id.to_string(),
+            requires: requires.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn queue(jobs: Vec<QueuedJob>) -> BTreeMap<QueueKey, QueuedJob> {
+        jobs.into_iter()
+            .enumerate()
+            .map(|(i, j)| (QueueKey::new(0, i as u64), j))
+            .collect()
+    }
+
+    fn pairs(p: &[Placement]) -> Vec<(&str, &str)> {
+        p.iter()
+            .map(|p| (p.job.as_str(), p.worker.as_str()))
+            .collect()
+    }
+
     #[test]
     fn rooms_are_ordered_by_room_then_id_and_forget_the_empty() {
         let mut r = Rooms::default();
-        r.set("b", 2);
-        r.set("a", 2);
-        r.set("c", 3);
-        r.set("d", 1);
+        let none = labels(&[]);
+        r.set("b", 2, &none);
+        r.set("a", 2, &none);
+        r.set("c", 3, &none);
+        r.set("d", 1, &none);
         let order: Vec<(&str, u32)> = r.iter().collect();
         assert_eq!(order, vec![("c", 3), ("a", 2), ("b", 2), ("d", 1)]);
-        r.set("c", 0);
+        r.set("c", 0, &none);
         r.take_one("a");
         assert_eq!(r.room("c"), 0);
         let order: Vec<(&str, u32)> = r.iter().collect();
@@ -161,42 +302,24 @@ mod tests {
 
     #[test]
     fn placing_takes_the_room_it_uses_from_the_index() {
-        let labels: BTreeMap<String, BTreeSet<String>> = [
-            ("gpu".to_string(), ["gpu".to_string()].into()),
-            ("plain".to_string(), BTreeSet::new()),
-        ]
-        .into();
+        let (gpu, plain) = (labels(&["gpu"]), labels(&[]));
         let mut slots = Rooms::default();
-        slots.set("gpu", 1);
-        slots.set("plain", 2);
+        slots.set("gpu", 1, &gpu);
+        slots.set("plain", 2, &plain);
         let mut queue_room = Rooms::default();
-        queue_room.set("gpu", 1);
-        queue_room.set("plain", 1);
-        let q: BTreeMap<QueueKey, QueuedJob> = ["a", "b", "c", "d"]
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let requires = if *id == "d" {
-                    vec!["gpu".to_string()]
-                } else {
-                    vec![]
-                };
-                let job = QueuedJob {
-                    id: id.to_string(),
-                    requires,
-                };
-                (QueueKey::new(0, i as u64), job)
-            })
-            .collect();
-        let p = place_in(&q, &mut slots, &mut queue_room, |id| labels.get(id));
-        let pairs: Vec<(&str, &str)> = p
-            .iter()
-            .map(|p| (p.job.as_str(), p.worker.as_str()))
-            .collect();
+        queue_room.set("gpu", 1, &gpu);
+        queue_room.set("plain", 1, &plain);
+        let q = queue(vec![
+            job("a", &[]),
+            job("b", &[]),
+            job("c", &[]),
+            job("d", &["gpu"]),
+        ]);
+        let p = place_in(&q, &mut slots, &mut queue_room);
         // a → plain (most room), b → gpu (tie, smaller id), c → plain;
         // d needs the gpu worker, whose slot is taken: its queue room.
         assert_eq!(
-            pairs,
+            pairs(&p),
             vec![("a", "plain"), ("b", "gpu"), ("c", "plain"), ("d", "gpu")]
         );
         assert!(slots.is_empty());
@@ -205,59 +328,74 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_no_worker_fits_is_passed_over_without_looking_at_every_worker_again() {
-        let plain: BTreeSet<String> = BTreeSet::new();
+    fn a_job_needing_a_rare_label_looks_only_at_the_workers_that_have_it() {
+        let (linux, gpu) = (labels(&["linux"]), labels(&["linux", "gpu"]));
         let mut slots = Rooms::default();
-        for i in 0..100 {
-            slots.set(&format!("w{i:03}"), 1);
+        for i in 0..10_000 {
+            slots.set(&format!("w{i:05}"), 2, &linux);
         }
-        let mut q: BTreeMap<QueueKey, QueuedJob> = (0..1_000)
-            .map(|i| {
-                let job = QueuedJob {
-                    id: format!("gpu{i}"),
-                    requires: vec!["gpu".into()],
-                };
-                (QueueKey::new(0, i), job)
-            })
-            .collect();
-        q.insert(
-            QueueKey::new(0, 1_000),
-            QueuedJob {
-                id: "plain".into(),
-                requires: vec![],
-            },
-        );
-        let looked = std::cell::Cell::new(0);
-        let p = place_in(&q, &mut slots, &mut Rooms::default(), |_| {
-            looked.set(looked.get() + 1);
-            Some(&plain)
-        });
+        // Less room than the others: last in pick order.
+        for id in ["g2", "g1", "g3"] {
+            slots.set(id, 1, &gpu);
+        }
+        let q = queue(vec![
+            job("t1", &["gpu", "linux"]),
+            job("t2", &["linux", "gpu"]),
+            job("t3", &["gpu"]),
+            job("any", &[]),
+        ]);
+        let p = place_in(&q, &mut slots, &mut Rooms::default());
         assert_eq!(
-            p,
-            [Placement {
-                job: "plain".into(),
-                worker: "w000".into()
-            }]
+            pairs(&p),
+            vec![("t1", "g1"), ("t2", "g2"), ("t3", "g3"), ("any", "w00000")]
         );
-        // One look at each worker for the first gpu job, one for the plain
-        // job: not one per job and worker.
-        assert_eq!(looked.get(), 101);
+        // One look per job: not a walk past 10,000 workers without `gpu`.
+        assert_eq!(slots.looked.get(), 4);
+        assert_eq!(slots.room("g1"), 0);
+        assert!(!slots.by_label.contains_key("gpu"));
+        // No worker with room has `gpu` now: no look at all.
+        let more = queue(vec![job("t4", &["gpu"])]);
+        assert!(place_in(&more, &mut slots, &mut Rooms::default()).is_empty());
+        assert_eq!(slots.looked.get(), 4);
     }
 
     #[test]
-    fn an_unknown_worker_fits_nothing() {
+    fn a_backlog_no_worker_fits_is_passed_over_without_looking_at_every_worker_again() {
         let mut slots = Rooms::default();
-        slots.set("gone", 1);
-        let q: BTreeMap<QueueKey, QueuedJob> = [(
-            QueueKey::new(0, 1),
-            QueuedJob {
-                id: "j".into(),
-                requires: vec![],
-            },
-        )]
-        .into();
-        let p = place_in(&q, &mut slots, &mut Rooms::default(), |_| None);
-        assert!(p.is_empty());
-        assert_eq!(slots.room("gone"), 1);
+        for i in 0..100 {
+            let has = if i % 2 == 0 { "gpu" } else { "arm" };
+            slots.set(&format!("w{i:03}"), 1, &labels(&[has]));
+        }
+        // Each label is on 50 workers with room, both on none.
+        let mut jobs: Vec<QueuedJob> = (0..1_000)
+            .map(|i| job(&format!("both{i}"), &["gpu", "arm"]))
+            .collect();
+        jobs.push(job("plain", &[]));
+        let p = place_in(&queue(jobs), &mut slots, &mut Rooms::default());
+        assert_eq!(pairs(&p), vec![("plain", "w000")]);
+        // The 50 workers of one label for the first such job, one look for
+        // the plain job: not one per job and worker.
+        assert_eq!(slots.looked.get(), 51);
+    }
+
+    #[test]
+    fn a_worker_moves_between_the_label_indexes_as_its_labels_and_room_change() {
+        let mut slots = Rooms::default();
+        slots.set("w", 1, &labels(&["gpu"]));
+        let gpu_job = queue(vec![job("j", &["gpu"])]);
+        // Its labels changed: a `gpu` job no longer fits it.
+        slots.set("w", 1, &labels(&["arm"]));
+        assert_eq!(slots.labels("w"), Some(&labels(&["arm"])));
+        assert!(place_in(&gpu_job, &mut slots.clone(), &mut Rooms::default()).is_empty());
+        // Back, with more room: it does.
+        slots.set("w", 2, &labels(&["gpu"]));
+        let p = place_in(&gpu_job, &mut slots.clone(), &mut Rooms::default());
+        assert_eq!(pairs(&p), vec![("j", "w")]);
+        // No room: gone from every index.
+        slots.set("w", 0, &labels(&["gpu"]));
+        assert!(slots.is_empty() && slots.order.is_empty() && slots.by_label.is_empty());
+        slots.set("w", 1, &labels(&["gpu"]));
+        slots.remove("w");
+        assert!(slots.is_empty() && slots.order.is_empty() && slots.by_label.is_empty());
     }
 }
