@@ -15,7 +15,8 @@
 //! that the free slot runs one of them.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 mod rooms;
 
@@ -105,12 +106,13 @@ pub fn rooms_of(workers: &[WorkerView]) -> (Rooms, Rooms) {
 /// has no free slot, so a job never goes back to a worker as busy as the
 /// one it left.
 pub fn revocations(free: &Rooms, waiting: &[QueuedJob], in_flight: &[QueuedJob]) -> Vec<String> {
-    let mut left: Vec<(&str, u32)> = free.iter().collect();
+    // The free slots each worker has given so far: the index stays as it is.
+    let mut given: HashMap<Arc<str>, u32> = HashMap::new();
     let mut take = |job: &QueuedJob| {
-        let pos = left
-            .iter()
-            .position(|(id, room)| *room > 0 && free.labels(id).is_some_and(|l| job.fits(l)));
-        pos.map(|pos| left[pos].1 -= 1).is_some()
+        let worker = free.first_fit(job, |id, room| given.get(id).copied().unwrap_or(0) < room);
+        worker
+            .map(|id| *given.entry(id).or_default() += 1)
+            .is_some()
     };
     for job in in_flight {
         take(job);

@@ -103,6 +103,16 @@ impl Rooms {
     /// with the rarest label it needs (each worker it fits has that label),
     /// or among all when it needs none.
     fn pick(&self, job: &QueuedJob) -> Option<Arc<str>> {
+        self.first_fit(job, |_, _| true)
+    }
+
+    /// Like [`Rooms::pick`], skipping the workers for which `usable(id,
+    /// room)` is false.
+    pub fn first_fit(
+        &self,
+        job: &QueuedJob,
+        usable: impl Fn(&str, u32) -> bool,
+    ) -> Option<Arc<str>> {
         let mut among = &self.order;
         for (i, label) in job.requires.iter().enumerate() {
             // No worker with room has it: none fits.
@@ -113,15 +123,12 @@ impl Rooms {
         }
         among
             .iter()
-            .map(|(_, id)| id)
-            .find(|id| {
+            .find(|(room, id)| {
                 #[cfg(test)]
                 self.looked.set(self.looked.get() + 1);
-                self.entries
-                    .get(&***id)
-                    .is_some_and(|e| job.fits(&e.labels))
+                usable(id, room.0) && self.entries.get(&**id).is_some_and(|e| job.fits(&e.labels))
             })
-            .cloned()
+            .map(|(_, id)| id.clone())
     }
 
     /// Takes one unit of `id`'s room.
