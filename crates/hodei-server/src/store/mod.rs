@@ -206,6 +206,37 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The range of one stream a log read covers, as bound to the stores' one
+/// statement for both streams: chunks that end after `from`, up to the
+/// first that ends at or past `limit`. Chunks of a stream are stored in
+/// offset order with neither gap nor overlap (the engine refuses a chunk
+/// that would leave one), so the bytes from `from` to a chunk's end are
+/// that end minus `from`: the chunk that ends at or past `from +
+/// max_bytes` is the one a read stops after (at least one chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamRange {
+    pub from: i64,
+    pub limit: i64,
+}
+
+impl LogQuery {
+    /// `stream`'s range; a stream not asked for is read from past every
+    /// stored byte.
+    pub(crate) fn range(&self, stream: LogStream) -> StreamRange {
+        let wanted = self.stream.is_none_or(|s| s == stream);
+        // An offset past i64::MAX is past every stored byte.
+        let from = match i64::try_from(self.from[stream.index()]) {
+            Ok(from) if wanted => from,
+            _ => i64::MAX,
+        };
+        let max = i64::try_from(self.max_bytes.max(1)).unwrap_or(i64::MAX);
+        StreamRange {
+            from,
+            limit: from.saturating_add(max),
+        }
+    }
+}
+
 /// Chunks read per stream, each with its arrival number, merged into
 /// arrival order and cut after about `max_bytes` (at least one chunk).
 pub(crate) fn merge_by_arrival(

@@ -106,9 +106,22 @@ const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS e
      FROM jobs j JOIN log_chunks l ON l.job_id = j.id AND l.attempt = j.attempt \
      WHERE j.state IN ('queued', 'assigned', 'running') \
      AND (j.replica IS NULL OR j.replica = $1) GROUP BY j.id, j.attempt, l.stream";
-const READ_STREAM: &str = "SELECT id, stream, start_offset, ts, data FROM log_chunks \
-     WHERE job_id = $1 AND attempt = $2 AND stream = $3 AND end_offset > $4 \
-     ORDER BY end_offset, id";
+/// Both streams of an attempt from their offsets, each up to the first
+/// chunk that ends at or past its limit, in one statement (one snapshot,
+/// one round trip; see [`super::StreamRange`] and the SQLite store's
+/// `READ_STREAMS`).
+const READ_STREAMS: &str = "\
+    (SELECT id, stream, start_offset, ts, data FROM log_chunks \
+      WHERE job_id = $1 AND attempt = $2 AND stream = 0 AND end_offset > $3 \
+      AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks \
+        WHERE job_id = $1 AND attempt = $2 AND stream = 0 AND end_offset >= $4), $7) \
+      ORDER BY end_offset, id) \
+    UNION ALL \
+    (SELECT id, stream, start_offset, ts, data FROM log_chunks \
+      WHERE job_id = $1 AND attempt = $2 AND stream = 1 AND end_offset > $5 \
+      AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks \
+        WHERE job_id = $1 AND attempt = $2 AND stream = 1 AND end_offset >= $6), $7) \
+      ORDER BY end_offset, id)";
 const ALL_WORKERS: &str = "SELECT id, labels, slots, last_seen FROM workers ORDER BY id";
 const MAX_SEQ: &str = "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM jobs";
 const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state";
@@ -244,35 +257,26 @@ impl Store for PgStore {
     }
 
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
-        let streams = q
-            .stream
-            .as_ref()
-            .map_or(&LogStream::BOTH[..], std::slice::from_ref);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        // Each stream is read up to `max_bytes` (the most any stream can
+        // contribute), then merged by arrival order.
+        let (out, err) = (q.range(LogStream::Stdout), q.range(LogStream::Stderr));
+        let mut rows = sqlx::query(READ_STREAMS)
+            .bind(q.job_id.as_str())
+            .bind(i64::from(q.attempt))
+            .bind(out.from)
+            .bind(out.limit)
+            .bind(err.from)
+            .bind(err.limit)
+            .bind(i64::MAX)
+            .fetch(&self.pool);
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
-        for stream in streams {
-            let from = i64::try_from(q.from[stream.index()]).unwrap_or(i64::MAX);
-            let mut rows = sqlx::query(READ_STREAM)
-                .bind(q.job_id.as_str())
-                .bind(i64::from(q.attempt))
-                .bind(stream.index() as i64)
-                .bind(from)
-                .fetch(&mut *tx);
-            let mut total = 0usize;
-            while let Some(row) = rows.try_next().await? {
-                let id: i64 = row.try_get("id")?;
-                let chunk = decode_chunk(&row, &q.from).map_err(|m| corrupt(&q.job_id, m))?;
-                total = total.saturating_add(chunk.data.len());
-                chunks.push((id, chunk));
-                if total >= q.max_bytes {
-                    break;
-                }
-            }
+        while let Some(row) = rows.try_next().await? {
+            let id: i64 = row.try_get("id")?;
+            chunks.push((
+                id,
+                decode_chunk(&row, &q.from).map_err(|m| corrupt(&q.job_id, m))?,
+            ));
         }
-        tx.commit().await?;
         Ok(super::merge_by_arrival(chunks, q.max_bytes))
     }
 

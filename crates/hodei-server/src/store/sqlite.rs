@@ -98,8 +98,9 @@ const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS e
 /// with neither gap nor overlap (the orchestrator stores no other), so the
 /// bytes read from an offset up to a chunk are that chunk's end minus the
 /// offset, and index order (end_offset) is arrival order: each part is a
-/// range of the index, bounded by one seek, however long the log. `?7` is
-/// the bound when the stream ends before the limit.
+/// range of the index, bounded by one seek, however long the log (see
+/// [`super::StreamRange`]). `?7` is the bound when the stream ends before
+/// the limit.
 const READ_STREAMS: &str = "\
     SELECT * FROM (SELECT id, stream, start_offset, end_offset, ts, data FROM log_chunks \
       WHERE job_id = ?1 AND attempt = ?2 AND stream = 0 AND end_offset > ?3 \
@@ -318,51 +319,30 @@ impl Store for SqliteStore {
 
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
         // Each stream is read up to `max_bytes` (the most any stream can
-        // contribute), then merged by arrival order. A stream not asked for
-        // is read from past its end.
-        let range = |stream: LogStream| {
-            let wanted = q.stream.is_none_or(|s| s == stream);
-            // An offset past i64::MAX is past every stored byte.
-            let from = i64::try_from(q.from[stream.index()]).unwrap_or(i64::MAX);
-            let from = if wanted { from } else { i64::MAX };
-            // At least one chunk: the first that ends past `from`.
-            let max = i64::try_from(q.max_bytes.max(1)).unwrap_or(i64::MAX);
-            (from, from.saturating_add(max))
-        };
-        let (out, err) = (range(LogStream::Stdout), range(LogStream::Stderr));
+        // contribute), then merged by arrival order.
+        let (out, err) = (q.range(LogStream::Stdout), q.range(LogStream::Stderr));
         let mut rows = sqlx::query(READ_STREAMS)
             .bind(q.job_id.as_str())
             .bind(i64::from(q.attempt))
-            .bind(out.0)
-            .bind(out.1)
-            .bind(err.0)
-            .bind(err.1)
+            .bind(out.from)
+            .bind(out.limit)
+            .bind(err.from)
+            .bind(err.limit)
             .bind(i64::MAX)
             .fetch(&self.read);
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
         // Chunks whose bytes are in a file: (index in `chunks`, end offset).
         let mut in_files: Vec<(usize, u64)> = Vec::new();
-        // Bytes read per stream, and whether that stream has its fill.
-        let (mut totals, mut full) = ([0usize; 2], [false; 2]);
         while let Some(row) = rows.try_next().await? {
             let id: i64 = row.try_get("id")?;
             let end: i64 = row.try_get("end_offset")?;
             let mut chunk = decode_chunk(&row, &q.from).map_err(|m| corrupt(&q.job_id, m))?;
-            let i = chunk.stream.index();
-            if full[i] {
-                // The statement's bound already ends each stream here.
-                continue;
-            }
             let end = u64::try_from(end).unwrap_or_default();
-            let mut len = chunk.data.len() as u64;
             if chunk.data.is_empty() && end > chunk.offset {
                 // In a file: read below, from where the reader is.
-                chunk.offset = chunk.offset.max(q.from[i]);
-                len = end.saturating_sub(chunk.offset);
+                chunk.offset = chunk.offset.max(q.from[chunk.stream.index()]);
                 in_files.push((chunks.len(), end));
             }
-            totals[i] = totals[i].saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
-            full[i] = totals[i] >= q.max_bytes;
             chunks.push((id, chunk));
         }
         drop(rows);
