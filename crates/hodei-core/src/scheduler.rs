@@ -98,13 +98,12 @@ pub fn rooms_of(workers: &[WorkerView]) -> (Rooms, Rooms) {
 /// that the free slots left after [`place`] run them instead of idling.
 ///
 /// `free` is the free-slot index after placement (draining workers have no
-/// room); `waiting` the jobs held beyond
-/// their workers' slots, in the order they should get a slot (queue key
-/// order); `in_flight` the jobs already being taken back, which will fill
-/// free slots they fit first. Each job taken back needs a free slot that
-/// fits it. A worker with waiting jobs
-/// has no free slot, so a job never goes back to a worker as busy as the
-/// one it left.
+/// room); `waiting` the jobs held beyond their workers' slots, in the order
+/// they should get a slot (queue key order); `in_flight` the jobs already
+/// being taken back, which will fill free slots they fit first. Each job
+/// taken back needs a free slot that fits it, found as placement finds one
+/// ([`Rooms::first_fit`]). A worker with waiting jobs has no free slot, so a
+/// job never goes back to a worker as busy as the one it left.
 pub fn revocations(free: &Rooms, waiting: &[QueuedJob], in_flight: &[QueuedJob]) -> Vec<String> {
     // The free slots each worker has given so far: the index stays as it is.
     let mut given: HashMap<Arc<str>, u32> = HashMap::new();

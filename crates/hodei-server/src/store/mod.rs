@@ -206,23 +206,22 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The range of one stream a log read covers, as bound to the stores' one
-/// statement for both streams: chunks that end after `from`, up to the
-/// first that ends at or past `limit`. Chunks of a stream are stored in
-/// offset order with neither gap nor overlap (the engine refuses a chunk
-/// that would leave one), so the bytes from `from` to a chunk's end are
-/// that end minus `from`: the chunk that ends at or past `from +
-/// max_bytes` is the one a read stops after (at least one chunk).
+/// The range of one stream a log read covers: chunks that end after
+/// `from`, up to the first that ends at or past `limit`. Chunks of a stream
+/// are stored in offset order with neither gap nor overlap (the engine
+/// refuses a chunk that would leave one), so the bytes from `from` to a
+/// chunk's end are that end minus `from`: the chunk that ends at or past
+/// `from + max_bytes` is the one a read stops after (at least one chunk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StreamRange {
-    pub from: i64,
-    pub limit: i64,
+struct StreamRange {
+    from: i64,
+    limit: i64,
 }
 
 impl LogQuery {
     /// `stream`'s range; a stream not asked for is read from past every
     /// stored byte.
-    pub(crate) fn range(&self, stream: LogStream) -> StreamRange {
+    fn range(&self, stream: LogStream) -> StreamRange {
         let wanted = self.stream.is_none_or(|s| s == stream);
         // An offset past i64::MAX is past every stored byte.
         let from = match i64::try_from(self.from[stream.index()]) {
@@ -235,6 +234,30 @@ impl LogQuery {
             limit: from.saturating_add(max),
         }
     }
+}
+
+/// The stores' one statement for a log read (`sql`: both streams, see
+/// [`StreamRange`]) with `q` bound: job id, attempt, stdout's from and
+/// limit, stderr's from and limit, and the bound of a stream that ends
+/// before its limit.
+pub(crate) fn log_read<'q, DB>(
+    sql: &'q str,
+    q: &'q LogQuery,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let (out, err) = (q.range(LogStream::Stdout), q.range(LogStream::Stderr));
+    sqlx::query(sql)
+        .bind(q.job_id.as_str())
+        .bind(i64::from(q.attempt))
+        .bind(out.from)
+        .bind(out.limit)
+        .bind(err.from)
+        .bind(err.limit)
+        .bind(i64::MAX)
 }
 
 /// Chunks read per stream, each with its arrival number, merged into

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use hodei_core::engine::{LogWrite, Writes};
-use hodei_core::{Job, JobState, LogStream, Millis};
+use hodei_core::{Job, JobState, Millis};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
@@ -259,16 +259,7 @@ impl Store for PgStore {
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
         // Each stream is read up to `max_bytes` (the most any stream can
         // contribute), then merged by arrival order.
-        let (out, err) = (q.range(LogStream::Stdout), q.range(LogStream::Stderr));
-        let mut rows = sqlx::query(READ_STREAMS)
-            .bind(q.job_id.as_str())
-            .bind(i64::from(q.attempt))
-            .bind(out.from)
-            .bind(out.limit)
-            .bind(err.from)
-            .bind(err.limit)
-            .bind(i64::MAX)
-            .fetch(&self.pool);
+        let mut rows = super::log_read(READ_STREAMS, q).fetch(&self.pool);
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
         while let Some(row) = rows.try_next().await? {
             let id: i64 = row.try_get("id")?;

@@ -320,16 +320,7 @@ impl Store for SqliteStore {
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
         // Each stream is read up to `max_bytes` (the most any stream can
         // contribute), then merged by arrival order.
-        let (out, err) = (q.range(LogStream::Stdout), q.range(LogStream::Stderr));
-        let mut rows = sqlx::query(READ_STREAMS)
-            .bind(q.job_id.as_str())
-            .bind(i64::from(q.attempt))
-            .bind(out.from)
-            .bind(out.limit)
-            .bind(err.from)
-            .bind(err.limit)
-            .bind(i64::MAX)
-            .fetch(&self.read);
+        let mut rows = super::log_read(READ_STREAMS, q).fetch(&self.read);
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
         // Chunks whose bytes are in a file: (index in `chunks`, end offset).
         let mut in_files: Vec<(usize, u64)> = Vec::new();
