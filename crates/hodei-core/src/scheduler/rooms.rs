@@ -81,22 +81,12 @@ impl Rooms {
         self.entries.get(id).map_or(0, |e| e.room)
     }
 
-    /// `id`'s labels, if it has room.
-    pub fn labels(&self, id: &str) -> Option<&BTreeSet<String>> {
-        self.entries.get(id).map(|e| &e.labels)
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// The workers and their room, in pick order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.order.iter().map(|(r, id)| (&**id, r.0))
     }
 
     /// The first worker in pick order that `job` fits: among the workers
@@ -281,6 +271,11 @@ mod tests {
             .collect()
     }
 
+    /// The workers and their room, in pick order.
+    fn order(r: &Rooms) -> Vec<(&str, u32)> {
+        r.order.iter().map(|(room, id)| (&**id, room.0)).collect()
+    }
+
     fn pairs(p: &[Placement]) -> Vec<(&str, &str)> {
         p.iter()
             .map(|p| (p.job.as_str(), p.worker.as_str()))
@@ -295,16 +290,14 @@ mod tests {
         r.set("a", 2, &none);
         r.set("c", 3, &none);
         r.set("d", 1, &none);
-        let order: Vec<(&str, u32)> = r.iter().collect();
-        assert_eq!(order, vec![("c", 3), ("a", 2), ("b", 2), ("d", 1)]);
+        assert_eq!(order(&r), vec![("c", 3), ("a", 2), ("b", 2), ("d", 1)]);
         r.set("c", 0, &none);
         r.take_one("a");
         assert_eq!(r.room("c"), 0);
-        let order: Vec<(&str, u32)> = r.iter().collect();
-        assert_eq!(order, vec![("b", 2), ("a", 1), ("d", 1)]);
+        assert_eq!(order(&r), vec![("b", 2), ("a", 1), ("d", 1)]);
         r.take_one("d");
         assert_eq!(r.len(), 2);
-        assert!(r.iter().all(|(id, _)| id != "d"));
+        assert!(order(&r).iter().all(|(id, _)| *id != "d"));
     }
 
     #[test]
@@ -392,7 +385,7 @@ mod tests {
         let gpu_job = queue(vec![job("j", &["gpu"])]);
         // Its labels changed: a `gpu` job no longer fits it.
         slots.set("w", 1, &labels(&["arm"]));
-        assert_eq!(slots.labels("w"), Some(&labels(&["arm"])));
+        assert_eq!(slots.entries["w"].labels, labels(&["arm"]));
         assert!(place_in(&gpu_job, &mut slots.clone(), &mut Rooms::default()).is_empty());
         // Back, with more room: it does.
         slots.set("w", 2, &labels(&["gpu"]));

@@ -236,8 +236,57 @@ impl LogQuery {
     }
 }
 
-/// The stores' one statement for a log read (`sql`: both streams, see
-/// [`StreamRange`]) with `q` bound: job id, attempt, stdout's from and
+/// One stream's part of [`READ_LOGS_SQLITE`] / [`READ_LOGS_PG`]: the
+/// stream's chunks from its `from` up to the first that ends at or past its
+/// `limit` (see [`StreamRange`]), each bound a range of the index found by
+/// one seek, however long the log; `end` bounds a stream that ends first.
+macro_rules! read_stream_sql {
+    ($stream:literal, $job:literal, $attempt:literal, $from:literal, $limit:literal, $end:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT id, stream, start_offset, end_offset, ts, data ",
+            "FROM log_chunks WHERE job_id = ",
+            $job,
+            " AND attempt = ",
+            $attempt,
+            " AND stream = ",
+            $stream,
+            " AND end_offset > ",
+            $from,
+            " AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks ",
+            "WHERE job_id = ",
+            $job,
+            " AND attempt = ",
+            $attempt,
+            " AND stream = ",
+            $stream,
+            " AND end_offset >= ",
+            $limit,
+            "), ",
+            $end,
+            ") ORDER BY end_offset, id) AS s",
+            $stream
+        )
+    };
+}
+
+/// A log read, both streams in one statement ([`log_read`] binds it): one
+/// snapshot for both, one round trip to the database. Placeholders in the
+/// SQLite and the PostgreSQL spelling.
+macro_rules! read_logs_sql {
+    ($p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal, $p7:literal) => {
+        concat!(
+            read_stream_sql!("0", $p1, $p2, $p3, $p4, $p7),
+            " UNION ALL ",
+            read_stream_sql!("1", $p1, $p2, $p5, $p6, $p7)
+        )
+    };
+}
+
+pub(crate) const READ_LOGS_SQLITE: &str = read_logs_sql!("?1", "?2", "?3", "?4", "?5", "?6", "?7");
+pub(crate) const READ_LOGS_PG: &str = read_logs_sql!("$1", "$2", "$3", "$4", "$5", "$6", "$7");
+
+/// The stores' one statement for a log read (`sql`: [`READ_LOGS_SQLITE`]
+/// or [`READ_LOGS_PG`]) with `q` bound: job id, attempt, stdout's from and
 /// limit, stderr's from and limit, and the bound of a stream that ends
 /// before its limit.
 pub(crate) fn log_read<'q, DB>(

@@ -106,22 +106,6 @@ const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS e
      FROM jobs j JOIN log_chunks l ON l.job_id = j.id AND l.attempt = j.attempt \
      WHERE j.state IN ('queued', 'assigned', 'running') \
      AND (j.replica IS NULL OR j.replica = $1) GROUP BY j.id, j.attempt, l.stream";
-/// Both streams of an attempt from their offsets, each up to the first
-/// chunk that ends at or past its limit, in one statement (one snapshot,
-/// one round trip; see [`super::StreamRange`] and the SQLite store's
-/// `READ_STREAMS`).
-const READ_STREAMS: &str = "\
-    (SELECT id, stream, start_offset, ts, data FROM log_chunks \
-      WHERE job_id = $1 AND attempt = $2 AND stream = 0 AND end_offset > $3 \
-      AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks \
-        WHERE job_id = $1 AND attempt = $2 AND stream = 0 AND end_offset >= $4), $7) \
-      ORDER BY end_offset, id) \
-    UNION ALL \
-    (SELECT id, stream, start_offset, ts, data FROM log_chunks \
-      WHERE job_id = $1 AND attempt = $2 AND stream = 1 AND end_offset > $5 \
-      AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks \
-        WHERE job_id = $1 AND attempt = $2 AND stream = 1 AND end_offset >= $6), $7) \
-      ORDER BY end_offset, id)";
 const ALL_WORKERS: &str = "SELECT id, labels, slots, last_seen FROM workers ORDER BY id";
 const MAX_SEQ: &str = "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM jobs";
 const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state";
@@ -259,7 +243,7 @@ impl Store for PgStore {
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
         // Each stream is read up to `max_bytes` (the most any stream can
         // contribute), then merged by arrival order.
-        let mut rows = super::log_read(READ_STREAMS, q).fetch(&self.pool);
+        let mut rows = super::log_read(super::READ_LOGS_PG, q).fetch(&self.pool);
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
         while let Some(row) = rows.try_next().await? {
             let id: i64 = row.try_get("id")?;

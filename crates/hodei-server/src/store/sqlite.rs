@@ -90,29 +90,6 @@ const UNFINISHED: &str =
 const LOG_ENDS: &str = "SELECT j.id, j.attempt, l.stream, MAX(l.end_offset) AS end_offset \
      FROM jobs j JOIN log_chunks l ON l.job_id = j.id AND l.attempt = j.attempt \
      WHERE j.state IN ('queued', 'assigned', 'running') GROUP BY j.id, j.attempt, l.stream";
-/// Both streams of an attempt, each from its offset (`?3`, `?5`) up to the
-/// first chunk that ends at or past its limit (`?4`, `?6`: the offset plus
-/// the bytes wanted), in one statement: one snapshot for both streams and
-/// one round trip to the connection's thread (a read transaction of two
-/// statements took four). Chunks of a stream are appended in offset order
-/// with neither gap nor overlap (the orchestrator stores no other), so the
-/// bytes read from an offset up to a chunk are that chunk's end minus the
-/// offset, and index order (end_offset) is arrival order: each part is a
-/// range of the index, bounded by one seek, however long the log (see
-/// [`super::StreamRange`]). `?7` is the bound when the stream ends before
-/// the limit.
-const READ_STREAMS: &str = "\
-    SELECT * FROM (SELECT id, stream, start_offset, end_offset, ts, data FROM log_chunks \
-      WHERE job_id = ?1 AND attempt = ?2 AND stream = 0 AND end_offset > ?3 \
-      AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks \
-        WHERE job_id = ?1 AND attempt = ?2 AND stream = 0 AND end_offset >= ?4), ?7) \
-      ORDER BY end_offset, id) \
-    UNION ALL \
-    SELECT * FROM (SELECT id, stream, start_offset, end_offset, ts, data FROM log_chunks \
-      WHERE job_id = ?1 AND attempt = ?2 AND stream = 1 AND end_offset > ?5 \
-      AND end_offset <= COALESCE((SELECT MIN(end_offset) FROM log_chunks \
-        WHERE job_id = ?1 AND attempt = ?2 AND stream = 1 AND end_offset >= ?6), ?7) \
-      ORDER BY end_offset, id)";
 const ALL_WORKERS: &str = "SELECT id, labels, slots, last_seen FROM workers ORDER BY id";
 const MAX_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM jobs";
 
@@ -320,7 +297,7 @@ impl Store for SqliteStore {
     async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogChunk>, StoreError> {
         // Each stream is read up to `max_bytes` (the most any stream can
         // contribute), then merged by arrival order.
-        let mut rows = super::log_read(READ_STREAMS, q).fetch(&self.read);
+        let mut rows = super::log_read(super::READ_LOGS_SQLITE, q).fetch(&self.read);
         let mut chunks: Vec<(i64, LogChunk)> = Vec::new();
         // Chunks whose bytes are in a file: (index in `chunks`, end offset).
         let mut in_files: Vec<(usize, u64)> = Vec::new();
