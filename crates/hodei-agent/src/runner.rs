@@ -148,8 +148,9 @@ impl Runner {
     }
 
     /// Creates the attempt's spool entry and makes (or checks) its working
-    /// directory: file-system work, done in one hand-off to a blocking
-    /// thread.
+    /// directory: file-system work, done on the janitor's thread ahead of
+    /// its clean-up chores (one hand-off, shared with other jobs' work on a
+    /// busy agent).
     async fn prepare(
         &self,
         job_id: &str,
@@ -158,19 +159,22 @@ impl Runner {
     ) -> (std::io::Result<()>, Result<(), String>) {
         let plan = self.outbox.spool_plan(job_id);
         let (dirs, to) = (self.work_dirs.clone(), dir.to_path_buf());
-        let done = tokio::task::spawn_blocking(move || {
-            let files = plan.and_then(SpoolPlan::create);
-            (files, make_dir(&dirs, &to, ours))
-        })
-        .await;
+        let done = self
+            .outbox
+            .janitor()
+            .run(move || {
+                let files = plan.and_then(SpoolPlan::create);
+                (files, make_dir(&dirs, &to, ours))
+            })
+            .await;
         match done {
-            Ok((files, made)) => {
+            Some((files, made)) => {
                 let spool = files.map(|files| self.outbox.install_spool(job_id, files));
                 (spool, made)
             }
-            Err(e) => (
-                Err(std::io::Error::other(e.to_string())),
-                Err(format!("hodei: cannot prepare the job: {e}")),
+            None => (
+                Err(std::io::Error::other("the preparation panicked")),
+                Err("hodei: cannot prepare the job: the preparation panicked".to_string()),
             ),
         }
     }

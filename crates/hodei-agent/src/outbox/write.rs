@@ -195,7 +195,13 @@ impl Outbox {
             // streams' files need an fsync to make it durable.
             let unacked = [totals[0].bytes > acked[0], totals[1].bytes > acked[1]];
             let entry = files.clone();
-            let recorded = tokio::task::spawn_blocking(move || {
+            // A result recorded while attached with little output to write
+            // is a few system calls: on the janitor's thread, with other
+            // such work. Much output, or the fsyncs of a result made durable
+            // at once, would hold that thread up: a blocking thread of its own.
+            let bytes: usize = unsaved.iter().flatten().map(|(_, d)| d.len()).sum();
+            let quick = attached && bytes <= QUICK_RECORD_BYTES;
+            let record = move || {
                 let written = [
                     write_chunks(&entry, 0, &unsaved[0])?,
                     write_chunks(&entry, 1, &unsaved[1])?,
@@ -210,10 +216,18 @@ impl Outbox {
                     entry.make_result_durable(unacked, change)?;
                 }
                 Ok::<_, io::Error>(written)
-            })
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
+            };
+            let recorded = if quick {
+                self.janitor
+                    .run(record)
+                    .await
+                    .unwrap_or_else(|| Err(io::Error::other("recording the result panicked")))
+            } else {
+                tokio::task::spawn_blocking(record)
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r)
+            };
             match recorded {
                 Err(e) => {
                     error!(job = job_id, error = %e, "cannot record the result in the spool; sending it anyway");
@@ -245,6 +259,10 @@ impl Outbox {
         self.ready.notify_one();
     }
 }
+
+/// Most unacknowledged output a result is recorded with on the janitor's
+/// thread (see `finish`); more goes to a blocking thread of its own.
+const QUICK_RECORD_BYTES: usize = 64 * 1024;
 
 /// A stream over its memory limit waits for an acknowledgement to make
 /// room while its attempt's last one came less than this long ago; past it

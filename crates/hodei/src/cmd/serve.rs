@@ -229,9 +229,16 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
         tracing::warn!("second signal: exiting without waiting for jobs");
         std::process::exit(130);
     });
-    hodei_agent::run(config, Arc::new(ProcessExecutor::new()), drain_rx)
-        .await
-        .context("agent failed")?;
+    // On the runtime's workers, not the main thread: the session's every
+    // message would otherwise cross to this thread and back.
+    tokio::spawn(hodei_agent::run(
+        config,
+        Arc::new(ProcessExecutor::new()),
+        drain_rx,
+    ))
+    .await
+    .context("agent task failed")?
+    .context("agent failed")?;
     tracing::info!("agent drained; bye");
     Ok(0)
 }
