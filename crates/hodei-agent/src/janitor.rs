@@ -1,8 +1,8 @@
-//! The agent's file-system work, done in batches on one blocking thread:
+//! The agent's file-system work, done in batches on blocking threads:
 //! clean-up and recording a started job's process in the spool, which
 //! nothing waits for ([`Janitor::defer`]), and the work a job's task waits
 //! for, making its spool entry and working directory and recording its
-//! result ([`Janitor::run`]), which goes first.
+//! result ([`Janitor::run`]), in a lane of its own.
 //!
 //! When a job ends, its working directory is emptied into the recycling pool
 //! or deleted; when its result is acknowledged, its spool entry is retired.
@@ -18,41 +18,67 @@
 //! is running (before the pools are deleted at shutdown, and in tests).
 //!
 //! Work a task waits for used to take a `spawn_blocking` each: two per job,
-//! each waking an idle pool thread and then the task. Queued here, ahead of
-//! the chores, it joins a drain that is running anyway on a busy agent:
-//! half the agent's context switches and 15 % of its CPU per job went with
-//! it (see `docs/performance.md`, fifteenth round). A chore is a few
-//! system calls on the page cache, so such work waits at most one chore.
+//! each waking an idle pool thread and then the task. It now queues the
+//! same way in a second lane with a drain of its own: on a busy agent it
+//! joins a drain that is running anyway, which took half the agent's
+//! context switches and 15 % of its CPU per job (see
+//! `docs/performance.md`, fifteenth round). The lanes are apart so that a
+//! job's start never waits behind a slow chore (deleting a large directory
+//! a job left, a late fsync).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
 type Chore = Box<dyn FnOnce() + Send>;
 
+/// Which queue a piece of work waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Work a task waits for ([`Janitor::run`]).
+    Waited,
+    /// Clean-up nothing waits for ([`Janitor::defer`]).
+    Chores,
+}
+
+/// One lane's queue, drained by at most one blocking task at a time.
 #[derive(Default)]
 struct Queue {
-    /// Work something waits for ([`Janitor::run`]): runs before `chores`.
-    urgent: Vec<Chore>,
-    chores: std::collections::VecDeque<Chore>,
-    /// A blocking task is draining the queue.
+    work: VecDeque<Chore>,
+    /// A blocking task is draining this queue.
     draining: bool,
 }
 
-/// Runs deferred clean-up in batches; see the module docs.
+#[derive(Default)]
+struct Lanes {
+    waited: Queue,
+    chores: Queue,
+}
+
+impl Lanes {
+    fn of(&mut self, lane: Lane) -> &mut Queue {
+        match lane {
+            Lane::Waited => &mut self.waited,
+            Lane::Chores => &mut self.chores,
+        }
+    }
+}
+
+/// Runs the agent's file-system work in batches; see the module docs.
 #[derive(Default)]
 pub struct Janitor {
-    queue: Mutex<Queue>,
-    /// Notified whenever a drain ends with the queue empty.
+    lanes: Mutex<Lanes>,
+    /// Notified whenever a drain ends with its queue empty.
     idle: Notify,
 }
 
 impl std::fmt::Debug for Janitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let q = self.lock();
+        let l = self.lock();
         f.debug_struct("Janitor")
-            .field("queued", &q.chores.len())
-            .field("draining", &q.draining)
+            .field("waited", &l.waited.work.len())
+            .field("chores", &l.chores.work.len())
             .finish()
     }
 }
@@ -62,113 +88,105 @@ impl Janitor {
         Arc::new(Janitor::default())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A chore never runs under the lock: the data stays consistent.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
+        // Work never runs under the lock: the data stays consistent.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues `chore` (blocking file-system work) to run soon on a blocking
     /// thread. Outside a runtime it runs at once, on this thread.
     pub fn defer(self: &Arc<Self>, chore: impl FnOnce() + Send + 'static) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            chore();
-            return;
-        };
-        let start = {
-            let mut q = self.lock();
-            q.chores.push_back(Box::new(chore));
-            !std::mem::replace(&mut q.draining, true)
-        };
-        if start {
-            let janitor = self.clone();
-            runtime.spawn_blocking(move || janitor.drain());
-        }
+        self.queue(Lane::Chores, Box::new(chore));
     }
 
-    /// Runs `work` (blocking file-system work a task waits for) on the
-    /// janitor's thread, ahead of the chores queued, and returns its result:
-    /// `None` if it panicked. Outside a runtime it runs at once, on this
-    /// thread.
+    /// Runs `work` (blocking file-system work a task waits for) in its own
+    /// lane, so that it never waits behind a clean-up chore, and returns its
+    /// result: `None` if it panicked. Outside a runtime it runs at once, on
+    /// this thread.
     pub fn run<T, F>(self: &Arc<Self>, work: F) -> impl Future<Output = Option<T>> + use<T, F>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Chore = Box::new(move || {
-            let _ = tx.send(work());
-        });
-        match tokio::runtime::Handle::try_current() {
-            Err(_) => run_one(job),
-            Ok(runtime) => {
-                let start = {
-                    let mut q = self.lock();
-                    q.urgent.push(job);
-                    !std::mem::replace(&mut q.draining, true)
-                };
-                if start {
-                    let janitor = self.clone();
-                    runtime.spawn_blocking(move || janitor.drain());
-                }
-            }
-        }
+        self.queue(
+            Lane::Waited,
+            Box::new(move || {
+                let _ = tx.send(work());
+            }),
+        );
         async move { rx.await.ok() }
     }
 
-    /// Runs queued work until the queue is empty. A chore that panics is
-    /// logged and the drain goes on (a waiting task gets `None`).
-    fn drain(&self) {
+    /// Queues `work` in `lane`, starting a drain of that lane unless one
+    /// runs.
+    fn queue(self: &Arc<Self>, lane: Lane, work: Chore) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            run_one(work);
+            return;
+        };
+        let start = {
+            let mut lanes = self.lock();
+            let q = lanes.of(lane);
+            q.work.push_back(work);
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if start {
+            let janitor = self.clone();
+            runtime.spawn_blocking(move || janitor.drain(lane));
+        }
+    }
+
+    /// Runs `lane`'s queued work until its queue is empty. Work that panics
+    /// is logged and the drain goes on (a waiting task gets `None`).
+    fn drain(&self, lane: Lane) {
         // Ends the drain even if it unwinds, so that `settle` returns and
-        // the next chore starts a new drain.
+        // the next piece of work starts a new drain.
         struct Done<'a> {
             janitor: &'a Janitor,
+            lane: Lane,
             emptied: bool,
         }
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 if !self.emptied {
-                    self.janitor.lock().draining = false;
+                    self.janitor.lock().of(self.lane).draining = false;
                 }
                 self.janitor.idle.notify_waiters();
             }
         }
         let mut done = Done {
             janitor: self,
+            lane,
             emptied: false,
         };
         loop {
-            // Work waited for first, then one chore at a time, so that work
-            // queued meanwhile does not wait behind a long backlog.
-            let next = {
-                let mut q = self.lock();
-                if !q.urgent.is_empty() {
-                    Ok(std::mem::take(&mut q.urgent))
-                } else if let Some(chore) = q.chores.pop_front() {
-                    Err(chore)
-                } else {
-                    // Cleared under the lock: a chore queued after this
-                    // starts a new drain.
+            let batch = {
+                let mut lanes = self.lock();
+                let q = lanes.of(lane);
+                if q.work.is_empty() {
+                    // Cleared under the lock: work queued after this starts
+                    // a new drain.
                     q.draining = false;
                     done.emptied = true;
                     break;
                 }
+                std::mem::take(&mut q.work)
             };
-            match next {
-                Ok(urgent) => urgent.into_iter().for_each(run_one),
-                Err(chore) => run_one(chore),
-            }
+            batch.into_iter().for_each(run_one);
         }
     }
 
-    /// Waits until every chore queued so far has run.
+    /// Waits until every piece of work queued so far has run.
     pub async fn settle(&self) {
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
             {
-                let q = self.lock();
-                if q.chores.is_empty() && q.urgent.is_empty() && !q.draining {
+                let l = self.lock();
+                let quiet = |q: &Queue| q.work.is_empty() && !q.draining;
+                if quiet(&l.waited) && quiet(&l.chores) {
                     return;
                 }
             }
@@ -177,9 +195,9 @@ impl Janitor {
     }
 }
 
-/// Runs a chore; a panic stops that chore only.
-fn run_one(chore: Chore) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(chore)).is_err() {
+/// Runs one piece of work; a panic stops that piece only.
+fn run_one(work: Chore) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
         tracing::error!("a file-system chore of the agent panicked");
     }
 }
@@ -226,9 +244,10 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn work_waited_for_runs_before_the_chores_queued_and_returns_its_result() {
+    async fn work_waited_for_does_not_wait_behind_a_chore_and_returns_its_result() {
         let janitor = Janitor::new();
-        // Holds the drain in its first chore until the rest is queued.
+        // A chore that holds its drain (a large directory being deleted)
+        // until the work waited for has run.
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -236,24 +255,26 @@ mod tests {
         janitor.defer(move || {
             let _ = started_tx.send(());
             let _ = hold_rx.recv();
-            o.lock().expect("order").push("first chore");
+            o.lock().expect("order").push("slow chore");
         });
-        started_rx.await.expect("the first chore started");
-        for _ in 0..3 {
-            let o = order.clone();
-            janitor.defer(move || o.lock().expect("order").push("chore"));
-        }
+        started_rx.await.expect("the chore started");
+        let o = order.clone();
+        janitor.defer(move || o.lock().expect("order").push("next chore"));
         let o = order.clone();
         let waited = janitor.run(move || {
             o.lock().expect("order").push("work");
             42
         });
-        hold_tx.send(()).expect("release the first chore");
-        assert_eq!(waited.await, Some(42));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waited).await;
+        hold_tx.send(()).expect("release the chore");
+        assert_eq!(
+            got.expect("the work ran while the chore held its drain"),
+            Some(42)
+        );
         janitor.settle().await;
         assert_eq!(
             *order.lock().expect("order"),
-            ["first chore", "work", "chore", "chore", "chore"]
+            ["work", "slow chore", "next chore"]
         );
     }
 
