@@ -148,9 +148,9 @@ impl Runner {
     }
 
     /// Creates the attempt's spool entry and makes (or checks) its working
-    /// directory: file-system work, done on the janitor's thread ahead of
-    /// its clean-up chores (one hand-off, shared with other jobs' work on a
-    /// busy agent).
+    /// directory: file-system work, done by the janitor in its lane for
+    /// waited-for work (one hand-off, shared with other jobs' such work on
+    /// a busy agent).
     async fn prepare(
         &self,
         job_id: &str,

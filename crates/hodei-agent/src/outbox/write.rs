@@ -196,9 +196,10 @@ impl Outbox {
             let unacked = [totals[0].bytes > acked[0], totals[1].bytes > acked[1]];
             let entry = files.clone();
             // A result recorded while attached with little output to write
-            // is a few system calls: on the janitor's thread, with other
-            // such work. Much output, or the fsyncs of a result made durable
-            // at once, would hold that thread up: a blocking thread of its own.
+            // is a few system calls: batched by the janitor with other
+            // jobs' waited-for work. Much output, or the fsyncs of a result
+            // made durable at once, would hold those up: a blocking thread
+            // of its own.
             let bytes: usize = unsaved.iter().flatten().map(|(_, d)| d.len()).sum();
             let quick = attached && bytes <= QUICK_RECORD_BYTES;
             let record = move || {
@@ -260,8 +261,8 @@ impl Outbox {
     }
 }
 
-/// Most unacknowledged output a result is recorded with on the janitor's
-/// thread (see `finish`); more goes to a blocking thread of its own.
+/// Most unacknowledged output a result is recorded with by the janitor (see
+/// `finish`); more goes to a blocking thread of its own.
 const QUICK_RECORD_BYTES: usize = 64 * 1024;
 
 /// A stream over its memory limit waits for an acknowledgement to make
