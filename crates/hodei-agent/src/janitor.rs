@@ -19,12 +19,13 @@
 //!
 //! Work a task waits for used to take a `spawn_blocking` each: two per job,
 //! each waking an idle pool thread and then the task. It now queues the
-//! same way in a second lane with a drain of its own: on a busy agent it
-//! joins a drain that is running anyway, which took half the agent's
-//! context switches and 15 % of its CPU per job (see
-//! `docs/performance.md`, fifteenth round). The lanes are apart so that a
-//! job's start never waits behind a slow chore (deleting a large directory
-//! a job left, a late fsync).
+//! same way in a second lane with a drain of its own, so that on a busy
+//! agent it joins a drain that is running anyway. The lanes are apart so
+//! that a job's start never waits behind a slow chore (deleting a large
+//! directory a job left, a late fsync). That costs some of the gain: the
+//! agent's context switches per job went from 13.2 to 9.5, where one lane
+//! with waited-for work at its head made it 6.9 (see
+//! `docs/performance.md`, fifteenth round).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
