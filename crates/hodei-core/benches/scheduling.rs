@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use hodei_core::engine::{Engine, EngineConfig, Input, Output, ToAgent};
 use hodei_core::job::Outcome;
-use hodei_core::scheduler::{QueueKey, QueuedJob, Rooms, WorkerView, place, place_in};
+use hodei_core::scheduler::{QueueKey, QueuedJob, Rooms, WorkerView, place, place_in, rooms_of};
 use hodei_core::spec::JobSpec;
 
 const FLEETS: [usize; 3] = [10, 1_000, 10_000];
@@ -54,11 +54,7 @@ fn placement(c: &mut Criterion) {
     let mut group = c.benchmark_group("place 250 jobs");
     for n in FLEETS {
         let views = views(n);
-        let (mut slots, mut room) = (Rooms::default(), Rooms::default());
-        for w in &views {
-            slots.set(&w.id, w.free_slots, &w.labels);
-            room.set(&w.id, w.queue_room, &w.labels);
-        }
+        let (slots, room) = rooms_of(&views);
         group.bench_with_input(BenchmarkId::new("indexed", n), &n, |b, _| {
             b.iter_batched(
                 || (slots.clone(), room.clone()),
@@ -91,20 +87,14 @@ fn labeled_placement(c: &mut Criterion) {
         .collect();
     let mut group = c.benchmark_group("place 250 jobs needing a label 10 workers have");
     for n in FLEETS.into_iter().filter(|n| *n > 10) {
-        let labels: BTreeMap<String, BTreeSet<String>> = (0..n)
-            .map(|i| {
-                let l = if i % (n / 10) == 0 { "gpu" } else { "linux" };
-                (worker_id(i), [l.to_string()].into())
-            })
-            .collect();
         let mut slots = Rooms::default();
-        for (id, l) in &labels {
-            let room = if l.contains("gpu") {
-                BATCH as u32 / 10
+        for i in 0..n {
+            let (label, room) = if i % (n / 10) == 0 {
+                ("gpu", BATCH as u32 / 10)
             } else {
-                BATCH as u32
+                ("linux", BATCH as u32)
             };
-            slots.set(id, room, l);
+            slots.set(&worker_id(i), room, &BTreeSet::from([label.to_string()]));
         }
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_batched(

@@ -239,9 +239,10 @@ impl LogQuery {
 /// One stream's part of [`READ_LOGS_SQLITE`] / [`READ_LOGS_PG`]: the
 /// stream's chunks from its `from` up to the first that ends at or past its
 /// `limit` (see [`StreamRange`]), each bound a range of the index found by
-/// one seek, however long the log; `end` bounds a stream that ends first.
+/// one seek, however long the log; a stream that ends first is read to its
+/// end (`i64::MAX`).
 macro_rules! read_stream_sql {
-    ($stream:literal, $job:literal, $attempt:literal, $from:literal, $limit:literal, $end:literal) => {
+    ($stream:literal, $job:literal, $attempt:literal, $from:literal, $limit:literal) => {
         concat!(
             "SELECT * FROM (SELECT id, stream, start_offset, end_offset, ts, data ",
             "FROM log_chunks WHERE job_id = ",
@@ -261,9 +262,7 @@ macro_rules! read_stream_sql {
             $stream,
             " AND end_offset >= ",
             $limit,
-            "), ",
-            $end,
-            ") ORDER BY end_offset, id) AS s",
+            "), 9223372036854775807) ORDER BY end_offset, id) AS s",
             $stream
         )
     };
@@ -273,22 +272,21 @@ macro_rules! read_stream_sql {
 /// snapshot for both, one round trip to the database. Placeholders in the
 /// SQLite and the PostgreSQL spelling.
 macro_rules! read_logs_sql {
-    ($p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal, $p7:literal) => {
+    ($p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal) => {
         concat!(
-            read_stream_sql!("0", $p1, $p2, $p3, $p4, $p7),
+            read_stream_sql!("0", $p1, $p2, $p3, $p4),
             " UNION ALL ",
-            read_stream_sql!("1", $p1, $p2, $p5, $p6, $p7)
+            read_stream_sql!("1", $p1, $p2, $p5, $p6)
         )
     };
 }
 
-pub(crate) const READ_LOGS_SQLITE: &str = read_logs_sql!("?1", "?2", "?3", "?4", "?5", "?6", "?7");
-pub(crate) const READ_LOGS_PG: &str = read_logs_sql!("$1", "$2", "$3", "$4", "$5", "$6", "$7");
+pub(crate) const READ_LOGS_SQLITE: &str = read_logs_sql!("?1", "?2", "?3", "?4", "?5", "?6");
+pub(crate) const READ_LOGS_PG: &str = read_logs_sql!("$1", "$2", "$3", "$4", "$5", "$6");
 
 /// The stores' one statement for a log read (`sql`: [`READ_LOGS_SQLITE`]
 /// or [`READ_LOGS_PG`]) with `q` bound: job id, attempt, stdout's from and
-/// limit, stderr's from and limit, and the bound of a stream that ends
-/// before its limit.
+/// limit, stderr's from and limit.
 pub(crate) fn log_read<'q, DB>(
     sql: &'q str,
     q: &'q LogQuery,
@@ -306,7 +304,6 @@ where
         .bind(out.limit)
         .bind(err.from)
         .bind(err.limit)
-        .bind(i64::MAX)
 }
 
 /// Chunks read per stream, each with its arrival number, merged into
