@@ -588,6 +588,74 @@ async fn large_chunks_read_back_from_any_offset(backend: Backend) {
     }
 }
 
+/// Strings JSON escapes (quotes, backslashes, control characters, text
+/// beyond the Basic Multilingual Plane) and every byte value in a log chunk
+/// come back exactly as committed.
+async fn awkward_text_and_bytes_round_trip(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let awkward = "quote \" backslash \\ tab \t newline \n bell \u{7} é 漢字 😀 \u{10FFFF}";
+    let mut job = job(&format!("id {awkward}"), 1, JobState::Failed);
+    job.spec.name = awkward.to_string();
+    job.spec.env.insert("K".into(), awkward.to_string());
+    job.reason = Some(awkward.to_string());
+    job.worker = Some(awkward.to_string());
+    job.submitter = Some(awkward.to_string());
+    job.exit_code = Some(i32::MIN);
+    job.signal = Some(i32::MAX);
+    job.created_at = i64::MIN;
+    job.finished_at = Some(i64::MAX);
+    let mut writes = jobs_writes([job.clone()]);
+    let every_byte: Vec<u8> = (0..=255).collect();
+    writes
+        .logs
+        .push(log(&job.id, 0, LogStream::Stderr, 0, &every_byte));
+    writes
+        .logs
+        .push(log(&job.id, 0, LogStream::Stderr, 256, b""));
+    writes.workers.insert(
+        awkward.to_string(),
+        WorkerRecord {
+            id: awkward.to_string(),
+            labels: vec![awkward.to_string(), String::new()],
+            slots: u32::MAX,
+            last_seen: i64::MAX,
+        },
+    );
+    store.commit(&writes).await.unwrap();
+    assert_eq!(store.get_job(&job.id).await.unwrap(), Some(job.clone()));
+    let chunks = store
+        .read_logs(&query(&job.id, 0, Some(LogStream::Stderr), [0, 0], 1 << 20))
+        .await
+        .unwrap();
+    let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
+    assert_eq!(bytes, every_byte);
+    let rec = store.recover().await.unwrap();
+    assert_eq!(rec.workers, vec![writes.workers[awkward].clone()]);
+}
+
+/// A commit that fails part-way (a log chunk of a job that does not exist)
+/// keeps none of its writes, and the store takes the next commit.
+async fn a_failed_commit_keeps_nothing_and_the_next_lands(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let mut writes = jobs_writes([job("kept-not", 1, JobState::Queued)]);
+    writes
+        .logs
+        .push(log("no-such-job", 0, LogStream::Stdout, 0, b"x"));
+    let err = store.commit(&writes).await.unwrap_err();
+    assert!(!matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(store.get_job("kept-not").await.unwrap(), None);
+    for round in 0..2u64 {
+        let id = format!("lands-{round}");
+        store
+            .commit(&jobs_writes([job(&id, 2 + round, JobState::Queued)]))
+            .await
+            .unwrap();
+        assert!(store.get_job(&id).await.unwrap().is_some());
+    }
+}
+
 #[tokio::test]
 async fn sqlite_creates_nested_data_directories() {
     let dir = TempDir::new().unwrap();
@@ -610,5 +678,7 @@ on_both_backends!(
     recover_after_reopen,
     big_batch_commits,
     corrupt_rows_are_reported_not_panicked_on,
-    large_chunks_read_back_from_any_offset
+    large_chunks_read_back_from_any_offset,
+    awkward_text_and_bytes_round_trip,
+    a_failed_commit_keeps_nothing_and_the_next_lands
 );
